@@ -1,0 +1,116 @@
+"""The data every part of the scaler shares: frozen values, replaced whole, never mutated.
+
+Times are seconds on the scaler's monotonic clock (``Clock.now``); ``/status``
+turns them into ages.  Pollers own one field each; the scaler owns the launch
+bookkeeping (in-flight launches, last launch time).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class JobState(enum.StrEnum):
+    """What a backend's job means for capacity: booting (pending) or serving (active)."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBundle:
+    """A staged run bundle, normalised as the CodaLab server does."""
+
+    uuid: str
+    cpus: int
+    gpus: int
+    memory_bytes: int
+    tag: str
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredBundle:
+    """A staged bundle this pool's workers cannot serve, and why."""
+
+    uuid: str
+    reason: str  # "cpus" | "gpus" | "memory"
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJob:
+    """One worker job as the backend lists it."""
+
+    job_id: str
+    state: JobState
+    worker_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BundleView:
+    """What the bundle poller saw for one pool: servable bundles and the filtered rest."""
+
+    staged: tuple[StagedBundle, ...] = ()
+    filtered: tuple[FilteredBundle, ...] = ()
+    malformed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation(Generic[T]):
+    """The last good value of one source and how the latest poll went.
+
+    ``value`` and ``observed_at`` belong to the last *successful* poll and are
+    kept when a later poll fails; ``error`` is the latest poll's failure (None
+    after a success).  A source that never succeeded has ``observed_at`` None.
+    """
+
+    value: T | None = None
+    observed_at: float | None = None
+    error: str | None = None
+    attempted_at: float | None = None
+
+    def succeeded(self, value: T, now: float) -> Observation[T]:
+        return Observation(value=value, observed_at=now, error=None, attempted_at=now)
+
+    def failed(self, error: str, now: float) -> Observation[T]:
+        return Observation(
+            value=self.value, observed_at=self.observed_at, error=error, attempted_at=now
+        )
+
+    def age(self, now: float) -> float | None:
+        return None if self.observed_at is None else now - self.observed_at
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightLaunch:
+    """A launch the backend accepted and does not list yet: counted as pending."""
+
+    job_id: str
+    worker_id: str
+    launched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """Everything known about one pool at one moment."""
+
+    bundles: Observation[BundleView] = field(default_factory=Observation)
+    jobs: Observation[tuple[WorkerJob, ...]] = field(default_factory=Observation)
+    in_flight: tuple[InFlightLaunch, ...] = ()
+    last_launch_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole shared state: one ``PoolState`` per pool, stamped with its time."""
+
+    taken_at: float
+    pools: Mapping[str, PoolState]
+    version: int = 0

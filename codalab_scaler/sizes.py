@@ -1,0 +1,29 @@
+"""Size strings as CodaLab writes them: a number and an optional unit in powers of 1024."""
+
+from __future__ import annotations
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+
+
+def parse_size(text: str) -> int:
+    """Return the number of bytes in ``text`` (``"2g"``, ``"512m"``, ``"3"``, ``"1.5g"``).
+
+    Units are case-insensitive and may carry a trailing ``b`` or ``ib`` (``"2GiB"``).
+    Raises ``ValueError`` on anything else, including the empty string: callers
+    that follow the server's ``request_memory or "2g"`` rule substitute first.
+    """
+    raw = text.strip().lower()
+    if raw.endswith("ib"):
+        raw = raw[:-2]
+    elif len(raw) > 1 and raw.endswith("b") and raw[-2] in "kmgtp":
+        raw = raw[:-1]
+    number, unit = raw, ""
+    if raw and raw[-1] in _UNITS and not raw[-1].isdigit():
+        number, unit = raw[:-1], raw[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"not a size: {text!r}")
+    return int(value * _UNITS[unit])
