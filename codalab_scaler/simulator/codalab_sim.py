@@ -392,10 +392,11 @@ class CodaLabSimulator:
             if name != "owner":
                 raise _Answer(_text(400, f"Invalid include: {name}"))
         search = _Search.parse(request.query.getall("keywords", []))
+        # Match and sort on the bundles themselves; render only the requested page.
         rows: list[tuple[SimBundle | None, dict[str, object]]] = []
         if not (search.mine and caller is None):
             rows += [
-                (b, self._resource(b))
+                (b, _NO_RESOURCE)
                 for b in self._bundles.values()
                 if self._visible(b, caller) and search.matches(b, caller)
             ]
@@ -405,7 +406,10 @@ class CodaLabSimulator:
             rows.sort(key=lambda row: _sort_value(row, key), reverse=descending)
         if search.count:
             return web.json_response({"meta": {"result": len(rows)}})
-        page = [resource for _, resource in rows[search.offset : search.offset + search.limit]]
+        page = [
+            self._resource(bundle) if bundle is not None else raw
+            for bundle, raw in rows[search.offset : search.offset + search.limit]
+        ]
         document: dict[str, object] = {"data": page, "meta": {"version": SERVER_VERSION}}
         if includes:
             document["included"] = self._included_users(page)
@@ -641,6 +645,9 @@ def _like(value: str, pattern: str) -> bool:
         return value == pattern
     regex = ".*".join(re.escape(part) for part in pattern.split(".*"))
     return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
+_NO_RESOURCE: dict[str, object] = {}
 
 
 def _sort_value(row: tuple[SimBundle | None, dict[str, object]], key: str) -> str:

@@ -1,0 +1,81 @@
+"""The application: the service's lifecycle is owned by the aiohttp app (``cleanup_ctx``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from codalab_scaler.errors import LoginRefused
+from codalab_scaler.service import Service
+from codalab_scaler.web import SERVICE, add_routes
+
+log = structlog.get_logger()
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application()
+    app[SERVICE] = service
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await app[SERVICE].start()
+        yield
+        await app[SERVICE].stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(
+    service: Service,
+    host: str,
+    port: int,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until a root loop dies (exit 1)."""
+    stop = stop if stop is not None else asyncio.Event()
+    try:
+        await service.login()
+    except LoginRefused as exc:
+        log.error("codalab.login_refused", error=str(exc))
+        await service.stop()
+        return EXIT_CONFIG
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        make_app(service), handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = [addr[1] for addr in runner.addresses if isinstance(addr, tuple)]
+        actual = bound[0] if bound else port
+        log.info("http.listening", host=host, port=actual)
+        if on_listening is not None:
+            on_listening(actual)
+        stop_wait = asyncio.ensure_future(stop.wait())
+        fatal_wait = asyncio.ensure_future(service.fatal.wait())
+        await asyncio.wait({stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop_wait, fatal_wait):
+            task.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("service.stopping", fatal=service.fatal_reason)
+        await runner.cleanup()
+    if service.fatal.is_set():
+        log.error("service.failed", reason=service.fatal_reason)
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,57 @@
+"""The parts a loop works with, wired once by the service and passed explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from codalab_scaler.backends.base import Backend
+from codalab_scaler.decision import Decision, Policy
+from codalab_scaler.health import Liveness
+from codalab_scaler.metrics import Metrics
+from codalab_scaler.model import StagedBundle
+from codalab_scaler.prefilter import WorkerShape
+from codalab_scaler.retry import RetryPolicy
+from codalab_scaler.state import StateStore
+
+
+class ParsedStaged(Protocol):
+    @property
+    def bundles(self) -> Sequence[StagedBundle]: ...
+
+    @property
+    def malformed(self) -> Sequence[object]: ...
+
+
+class BundleSource(Protocol):
+    """Where staged bundles come from (the CodaLab client, or a test double)."""
+
+    async def fetch_staged(self, keywords: Sequence[str]) -> ParsedStaged: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRuntime:
+    name: str
+    policy: Policy
+    backend: Backend
+    keywords: tuple[str, ...]
+    shape: WorkerShape
+    prefilter: bool
+
+
+@dataclass(slots=True)
+class Context:
+    pools: dict[str, PoolRuntime]
+    bundles: BundleSource
+    state: StateStore
+    metrics: Metrics
+    liveness: Liveness
+    clock: Callable[[], float]
+    sleep_time: float
+    in_flight_timeout: float
+    retry: RetryPolicy
+    dry_run: bool = False
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)

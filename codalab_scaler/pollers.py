@@ -1,0 +1,122 @@
+"""Observe: poll CodaLab's staged bundles and each backend's jobs into the snapshot.
+
+A failed poll keeps the last good value but marks it failed, so the rules
+see a stale view (never an empty one) and launch nothing for that pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import structlog
+
+from codalab_scaler.context import Context, PoolRuntime
+from codalab_scaler.errors import RefusedError, TransientError
+from codalab_scaler.model import InFlightLaunch, PoolState, WorkerJob
+from codalab_scaler.prefilter import prefilter
+from codalab_scaler.retry import call_with_retry
+
+log = structlog.get_logger()
+
+
+def reconcile_in_flight(
+    in_flight: tuple[InFlightLaunch, ...],
+    jobs: tuple[WorkerJob, ...],
+    now: float,
+    timeout: float,
+) -> tuple[tuple[InFlightLaunch, ...], tuple[InFlightLaunch, ...]]:
+    """Split in-flight launches into (still waiting, expired); listed ones are dropped."""
+    listed = {job.job_id for job in jobs}
+    waiting = tuple(
+        f for f in in_flight if f.job_id not in listed and now - f.launched_at <= timeout
+    )
+    expired = tuple(
+        f for f in in_flight if f.job_id not in listed and now - f.launched_at > timeout
+    )
+    return waiting, expired
+
+
+async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
+    """One poll of the staged bundles for ``pool``; True when it succeeded."""
+    started = ctx.clock()
+    try:
+        parsed = await ctx.bundles.fetch_staged(pool.keywords)
+    except (TransientError, RefusedError) as exc:
+        kind = "transient" if isinstance(exc, TransientError) else "refused"
+        now = ctx.clock()
+        ctx.metrics.poll_errors.labels(pool=pool.name, source="bundles", kind=kind).inc()
+        ctx.metrics.poll_duration.labels(pool=pool.name, source="bundles").observe(now - started)
+        error = str(exc)
+        ctx.state.update(pool.name, lambda s: replace(s, bundles=s.bundles.failed(error, now)))
+        log.warning("poll.failed", pool=pool.name, source="bundles", kind=kind, error=error)
+        return False
+    now = ctx.clock()
+    ctx.metrics.poll_duration.labels(pool=pool.name, source="bundles").observe(now - started)
+    view = prefilter(
+        parsed.bundles, pool.shape, enabled=pool.prefilter, malformed=len(parsed.malformed)
+    )
+    if view.malformed:
+        ctx.metrics.malformed.labels(pool=pool.name).inc(view.malformed)
+    previous = ctx.state.snapshot.pools[pool.name].bundles.value
+    seen = {f.uuid for f in previous.filtered} if previous is not None else set()
+    for item in view.filtered:
+        if item.uuid not in seen:
+            log.info(
+                "bundles.filtered",
+                pool=pool.name,
+                uuid=item.uuid,
+                reason=item.reason,
+                requested=item.requested,
+                available=item.available,
+            )
+    ctx.state.update(pool.name, lambda s: replace(s, bundles=s.bundles.succeeded(view, now)))
+    log.debug(
+        "poll.bundles",
+        pool=pool.name,
+        staged=len(view.staged),
+        filtered=len(view.filtered),
+        malformed=view.malformed,
+    )
+    return True
+
+
+async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
+    """One poll of ``pool``'s backend; True when it succeeded."""
+    started = ctx.clock()
+    try:
+        jobs = tuple(
+            await call_with_retry(
+                "backend",
+                pool.backend.list_jobs,
+                ctx.retry,
+                ctx.metrics.retry_hook("backend", pool.name),
+            )
+        )
+    except (TransientError, RefusedError) as exc:
+        kind = "transient" if isinstance(exc, TransientError) else "refused"
+        now = ctx.clock()
+        ctx.metrics.poll_errors.labels(pool=pool.name, source="jobs", kind=kind).inc()
+        ctx.metrics.poll_duration.labels(pool=pool.name, source="jobs").observe(now - started)
+        error = str(exc)
+        ctx.state.update(pool.name, lambda s: replace(s, jobs=s.jobs.failed(error, now)))
+        log.warning("poll.failed", pool=pool.name, source="jobs", kind=kind, error=error)
+        return False
+    now = ctx.clock()
+    ctx.metrics.poll_duration.labels(pool=pool.name, source="jobs").observe(now - started)
+
+    def apply(s: PoolState) -> PoolState:
+        waiting, expired = reconcile_in_flight(s.in_flight, jobs, now, ctx.in_flight_timeout)
+        for launch in expired:
+            ctx.metrics.in_flight_expired.labels(pool=pool.name).inc()
+            log.warning(
+                "scaler.launch_never_listed",
+                pool=pool.name,
+                job_id=launch.job_id,
+                worker_id=launch.worker_id,
+                waited=round(now - launch.launched_at, 1),
+            )
+        return replace(s, jobs=s.jobs.succeeded(jobs, now), in_flight=waiting)
+
+    ctx.state.update(pool.name, apply)
+    log.debug("poll.jobs", pool=pool.name, jobs=len(jobs))
+    return True

@@ -1,0 +1,109 @@
+"""The ``/status`` document: the current snapshot and each pool's last decision, as JSON.
+
+Built from values only; it holds no settings object, so no credential can
+reach it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codalab_scaler.context import Context
+from codalab_scaler.decision import Decision
+from codalab_scaler.health import HealthReport
+from codalab_scaler.model import Observation
+
+LIST_LIMIT = 100
+
+
+def _obs(obs: Observation[Any], now: float) -> dict[str, Any]:
+    age = obs.age(now)
+    return {
+        "ok": obs.observed_at is not None and obs.error is None,
+        "age_seconds": None if age is None else round(age, 3),
+        "error": obs.error,
+    }
+
+
+def _decision(d: Decision | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "launch": d.launch,
+        "reason": d.reason.value,
+        "blocked_by": [r.value for r in d.blocked_by],
+        "stale": list(d.stale),
+        "staged": d.counts.staged,
+        "pending": d.counts.pending,
+        "active": d.counts.active,
+    }
+
+
+def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
+    now = ctx.clock()
+    snap = ctx.state.snapshot
+    pools: dict[str, Any] = {}
+    for name, state in sorted(snap.pools.items()):
+        runtime = ctx.pools[name]
+        view = state.bundles.value
+        jobs = state.jobs.value or ()
+        pools[name] = {
+            "policy": {
+                "min_workers": runtime.policy.min_workers,
+                "max_workers": runtime.policy.max_workers,
+                "min_seconds_between_workers": runtime.policy.min_seconds_between_workers,
+                "max_launches_per_pass": runtime.policy.max_launches_per_pass,
+                "staleness_seconds": runtime.policy.staleness_seconds,
+            },
+            "worker_shape": {
+                "cpus": runtime.shape.cpus,
+                "gpus": runtime.shape.gpus,
+                "memory_mb": runtime.shape.memory_mb,
+                "prefilter": runtime.prefilter,
+            },
+            "keywords": list(runtime.keywords),
+            "bundles": {
+                **_obs(state.bundles, now),
+                "staged": [b.uuid for b in view.staged[:LIST_LIMIT]] if view else [],
+                "staged_count": len(view.staged) if view else 0,
+                "filtered": [
+                    {
+                        "uuid": f.uuid,
+                        "reason": f.reason,
+                        "requested": f.requested,
+                        "available": f.available,
+                    }
+                    for f in (view.filtered[:LIST_LIMIT] if view else ())
+                ],
+                "malformed": view.malformed if view else 0,
+            },
+            "jobs": {
+                **_obs(state.jobs, now),
+                "jobs": [
+                    {"job_id": j.job_id, "state": j.state.value, "worker_id": j.worker_id}
+                    for j in jobs[:LIST_LIMIT]
+                ],
+                "count": len(jobs),
+            },
+            "in_flight": [
+                {
+                    "job_id": f.job_id,
+                    "worker_id": f.worker_id,
+                    "age_seconds": round(now - f.launched_at, 3),
+                }
+                for f in state.in_flight
+            ],
+            "last_launch_age_seconds": (
+                None if state.last_launch_at is None else round(now - state.last_launch_at, 3)
+            ),
+            "decision": _decision(ctx.decisions.get(name)),
+        }
+    return {
+        "healthy": health.ok,
+        "problems": list(health.problems),
+        "loops": health.loops,
+        "dry_run": ctx.dry_run,
+        "snapshot_version": snap.version,
+        "snapshot_age_seconds": round(now - snap.taken_at, 3),
+        "pools": pools,
+    }

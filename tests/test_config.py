@@ -1,0 +1,205 @@
+"""Command line, TOML and environment: the original's flags, clear one-line errors, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codalab_scaler.cli import build_parser, main, settings_values
+from codalab_scaler.errors import ConfigError
+from codalab_scaler.settings import load_settings
+
+ENV = {"CODALAB_USERNAME": "alice", "CODALAB_PASSWORD": "pw-123"}
+
+
+def load(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    args = build_parser().parse_args(argv)
+    values, config = settings_values(args, ENV if environ is None else environ)
+    return load_settings(values, config)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CODALAB_USERNAME", "CODALAB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_the_originals() -> None:
+    s = load(["local"])
+    pool = s.pools["default"]
+    assert s.server == "https://worksheets.codalab.org"
+    assert s.sleep_time == 5
+    assert (pool.min_workers, pool.max_workers) == (1, 10)
+    assert pool.min_seconds_between_workers == 60
+    assert pool.worker_idle_seconds == 600
+    assert pool.worker_executable == "cl-worker"
+    assert pool.search == []
+    assert pool.worker_download_dependencies_max_retries == 3
+    assert pool.worker_shared_memory_size_gb == 1
+    assert (pool.backend.cpus, pool.backend.gpus, pool.backend.memory_mb) == (1, 0, 2048)
+    assert not s.once
+    assert not s.dry_run
+    assert not pool.no_prefilter
+    assert not pool.worker_tag_exclusive
+
+
+def test_every_original_flag_is_accepted() -> None:
+    s = load(
+        [
+            "--server", "https://cl.example.org/", "--min-workers", "0", "--max-workers", "3",
+            "--search", "request_gpus=0", ".shared", "--verbose", "--sleep-time", "7",
+            "--once", "--min-seconds-between-workers", "30", "--no-prefilter",
+            "--worker-tag", "cpuq", "--worker-tag-exclusive", "--worker-group", "nlp",
+            "--worker-executable", "/opt/cl-worker", "--worker-idle-seconds", "60",
+            "--worker-work-dir-prefix", "/scratch", "--worker-max-work-dir-size", "10g",
+            "--worker-delete-work-dir-on-exit", "--worker-exit-after-num-runs", "1",
+            "--worker-exit-on-exception", "--worker-pass-down-termination",
+            "--worker-checkin-frequency-seconds", "15",
+            "--worker-download-dependencies-max-retries", "5",
+            "--worker-shared-memory-size-gb", "4", "--worker-preemptible",
+            "--temp-session", "--restart-after-seconds", "3600",
+            "local", "--cpus", "4", "--gpus", "1", "--memory-mb", "8192",
+        ]
+    )  # fmt: skip
+    pool = s.pools["default"]
+    assert s.server == "https://cl.example.org"
+    assert (s.verbose, s.once, s.sleep_time) == (True, True, 7)
+    assert pool.search == ["request_gpus=0", ".shared"]
+    assert pool.worker_options(s.server).tag == "cpuq"
+    assert pool.worker_work_dir_prefix == "/scratch"
+    assert (pool.backend.cpus, pool.backend.gpus, pool.backend.memory_mb) == (4, 1, 8192)
+    assert pool.worker_preemptible
+    assert pool.worker_tag_exclusive
+    assert pool.no_prefilter
+
+
+def test_toml_declares_several_pools_and_flags_override(tmp_path: Path) -> None:
+    config = tmp_path / "scaler.toml"
+    config.write_text(
+        'sleep_time = 10\nserver = "https://toml.example"\n'
+        "[pools.cpu]\nmax_workers = 4\n[pools.cpu.backend]\nkind = 'local'\ncpus = 2\n"
+        "[pools.gpu]\nworker_tag = 'gpu'\nworker_tag_exclusive = true\n"
+        "[pools.gpu.backend]\ngpus = 1\n"
+    )
+    s = load(["--config", str(config), "--sleep-time", "3"])
+    assert s.sleep_time == 3
+    assert s.server == "https://toml.example"
+    assert sorted(s.pools) == ["cpu", "gpu"]
+    assert s.pools["cpu"].backend.cpus == 2
+    assert s.pools["gpu"].worker_tag == "gpu"
+
+
+def test_environment_sets_any_setting_between_toml_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "scaler.toml"
+    config.write_text("sleep_time = 10\n[pools.cpu]\nmax_workers = 4\n")
+    monkeypatch.setenv("CODALAB_SCALER_SLEEP_TIME", "20")
+    monkeypatch.setenv("CODALAB_SCALER_POOLS__CPU__MAX_WORKERS", "6")
+    s = load(["--config", str(config)])
+    assert (s.sleep_time, s.pools["cpu"].max_workers) == (20, 6)
+    s = load(["--config", str(config), "--sleep-time", "1"])
+    assert s.sleep_time == 1
+
+
+def test_password_file(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("bob\nhunter2\n")
+    s = load(["--password-file", str(pw), "local"], environ={})
+    assert s.username == "bob"
+    assert s.password is not None
+    assert s.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s)
+
+
+def errors(argv: list[str], capsys: pytest.CaptureFixture[str], env: bool = True) -> list[str]:
+    import os
+
+    if env:
+        os.environ.update(ENV)
+    try:
+        code = main(argv)
+    finally:
+        for k in ENV:
+            os.environ.pop(k, None)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    return captured.err.strip().splitlines()
+
+
+def test_min_above_max_names_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert errors(["--min-workers", "5", "--max-workers", "2", "local"], capsys) == [
+        "codalab-scaler: config error: pools.default.max_workers: must be >= min_workers (2 < 5)"
+    ]
+
+
+def test_unknown_and_mistyped_keys_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        "sleep_tme = 3\n[pools.a]\nmax_workers = 'many'\n[pools.a.backend]\nkind = 'local'\n"
+    )
+    lines = errors(["--config", str(config)], capsys)
+    assert sorted(lines) == [
+        "codalab-scaler: config error: pools.a.max_workers: "
+        "Input should be a valid integer, unable to parse string as an integer",
+        "codalab-scaler: config error: sleep_tme: unknown setting",
+    ]
+
+
+def test_bad_toml_syntax(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text("[pools\n")
+    (line,) = errors(["--config", str(config)], capsys)
+    assert line.startswith("codalab-scaler: config error: config: ")
+    assert "is not valid TOML" in line
+
+
+def test_missing_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert errors(["local"], capsys, env=False) == [
+        "codalab-scaler: config error: credentials: "
+        "set CODALAB_USERNAME and CODALAB_PASSWORD, or --password-file"
+    ]
+
+
+def test_unreadable_password_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (line,) = errors(["--password-file", str(tmp_path / "nope"), "local"], capsys, env=False)
+    assert line.startswith("codalab-scaler: config error: password_file: cannot read")
+
+
+def test_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--min-workers", "many", "local"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["codalab-scaler: error: argument --min-workers: invalid int value: 'many'"]
+
+
+def test_no_pool_at_all(capsys: pytest.CaptureFixture[str]) -> None:
+    (line,) = errors([], capsys)
+    assert "pools: no pool configured" in line
+
+
+def test_pool_flags_without_backend_are_refused() -> None:
+    args = build_parser().parse_args(["--max-workers", "3"])
+    with pytest.raises(ConfigError, match="--max-workers: pool flags need a backend"):
+        settings_values(args, ENV)
+
+
+def test_invalid_pool_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[pools.'GPU Pool']\n")
+    (line,) = errors(["--config", str(config)], capsys)
+    assert "pools: pool name 'GPU Pool' must match" in line
+
+
+def test_errors_never_echo_a_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('username = "bob"\npassword = 12345678\n[pools.a]\n')
+    lines = errors(["--config", str(config)], capsys, env=False)
+    assert lines == ["codalab-scaler: config error: password: Input should be a valid string"]
+    assert "12345678" not in "".join(lines)

@@ -1,0 +1,98 @@
+"""/metrics, /healthz and /status over real HTTP (aiohttp test server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from codalab_scaler.app import make_app
+from codalab_scaler.service import Service
+from codalab_scaler.settings import Settings
+from tests.fakes import FakeBackend, FakeBundles
+
+
+def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> Service:
+    settings = Settings.model_validate(
+        {
+            "username": "alice",
+            "password": "web-secret-pw",
+            "sleep_time": 0.05,
+            **top,
+            "pools": {"p": {"min_workers": 1, "min_seconds_between_workers": 0}},
+        }
+    )
+    return Service.build(
+        settings, registry=CollectorRegistry(), bundles=bundles, backends={"p": backend}
+    )
+
+
+@pytest_asyncio.fixture
+async def client_for() -> AsyncIterator[Any]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(service: Service) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(make_app(service), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def eventually(client: TestClient[Any, Any], path: str, status: int) -> Any:
+    async with asyncio.timeout(5):
+        while True:
+            resp = await client.get(path)
+            if resp.status == status:
+                return await resp.json()
+            await asyncio.sleep(0.02)
+
+
+async def test_healthy_service_answers_200_and_status(client_for: Any) -> None:
+    bundles = FakeBundles()
+    bundles.stage(2)
+    client = await client_for(build(FakeBackend(), bundles))
+    body = await eventually(client, "/healthz", 200)
+    assert body["ok"] is True
+    assert set(body["loops"]) == {"bundles:p", "jobs:p", "scaler:p"}
+    status = await (await client.get("/status")).json()
+    pool = status["pools"]["p"]
+    assert pool["bundles"]["staged_count"] == 2
+    assert pool["decision"]["reason"] in {"below_min", "staged_work", "pending_covers_staged"}
+    assert pool["policy"]["min_workers"] == 1
+    resp = await client.get("/metrics")
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert "codalab_scaler_staged_bundles" in text
+    assert "web-secret-pw" not in text + str(status)
+
+
+async def test_dead_loop_answers_503_with_the_reason(client_for: Any) -> None:
+    backend = FakeBackend(list_error=RuntimeError("backend bug"))
+    client = await client_for(build(backend, FakeBundles()))
+    body = await eventually(client, "/healthz", 503)
+    assert body["ok"] is False
+    assert body["problems"] == ["jobs:p: died (RuntimeError: backend bug)"]
+
+
+async def test_loop_that_never_ran_is_unhealthy_after_the_grace(client_for: Any) -> None:
+    bundles = FakeBundles()
+    release = asyncio.Event()
+
+    async def hang(keywords: Any) -> Any:
+        await release.wait()  # never set: the poll hangs until the service is stopped
+        raise AssertionError("unreachable")
+
+    bundles.fetch_staged = hang  # type: ignore[method-assign]
+    client = await client_for(build(FakeBackend(), bundles, health_grace_seconds=0.2))
+    body = await eventually(client, "/healthz", 503)
+    assert body["problems"] == ["bundles:p: never completed an iteration"]
