@@ -33,6 +33,7 @@ GLOBAL_KEYS = frozenset(
     }
 )  # fmt: skip
 BACKEND_KEYS = frozenset({"cpus", "gpus", "memory_mb", "state_dir"})
+DEMO_ONLY = frozenset({"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed"})
 CLI_POOL = "default"
 
 
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="Rate of the synthetic stream (default: 30)",
     )
+    demo.add_argument(
+        "--max-run-seconds",
+        type=float,
+        default=10.0,
+        help="Each bundle runs 1 s to this long (default: 10)",
+    )
     demo.add_argument("--seed", type=int, default=1, help="Random seed of the stream")
     return parser  # fmt: skip
 
@@ -249,9 +256,8 @@ def settings_values(
 ) -> tuple[dict[str, Any], Path | None]:
     """Turn parsed flags into the nested settings dict (only flags actually given)."""
     given = {k: v for k, v in vars(args).items() if k not in {"config", "backend"}}
-    demo_keys = {"duration", "bundles", "bundles_per_minute", "seed"}
     values: dict[str, Any] = {k: v for k, v in given.items() if k in GLOBAL_KEYS}
-    pool = {k: v for k, v in given.items() if k not in GLOBAL_KEYS | BACKEND_KEYS | demo_keys}
+    pool = {k: v for k, v in given.items() if k not in GLOBAL_KEYS | BACKEND_KEYS | DEMO_ONLY}
     backend = {k: v for k, v in given.items() if k in BACKEND_KEYS}
     if args.backend == "local":
         values["pools"] = {CLI_POOL: {**pool, "backend": {"kind": "local", **backend}}}

@@ -52,6 +52,7 @@ class Context:
     sleep_time: float
     in_flight_timeout: float
     retry: RetryPolicy
+    call_timeout: float = 30.0
     dry_run: bool = False
     decisions: dict[str, Decision] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

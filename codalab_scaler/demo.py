@@ -44,13 +44,9 @@ def _wrapper(state_dir: Path) -> Path:
 
 
 def demo_values(args: argparse.Namespace, server: str, state_dir: Path) -> dict[str, Any]:
-    from codalab_scaler.cli import GLOBAL_KEYS
+    from codalab_scaler.cli import DEMO_ONLY, GLOBAL_KEYS
 
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in {"config", "backend", "duration", "bundles", "bundles_per_minute", "seed"}
-    }
+    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend", *DEMO_ONLY}}
     pool: dict[str, Any] = {
         "min_workers": 0,
         "max_workers": 4,
@@ -110,7 +106,11 @@ async def _demo(args: argparse.Namespace) -> int:
         service = Service.build(settings)
         rng = random.Random(args.seed)  # noqa: S311 - a demo's synthetic workload, not crypto
         tasks.append(asyncio.create_task(run_bundle_stream(
-            sim, rate_per_minute=args.bundles_per_minute, total=args.bundles, rng=rng
+            sim,
+            rate_per_minute=args.bundles_per_minute,
+            total=args.bundles,
+            rng=rng,
+            duration_range=(1.0, max(1.0, args.max_run_seconds)),
         )))  # fmt: skip
         tasks.append(asyncio.create_task(_show(sim, service)))
         stop = asyncio.Event()

@@ -6,6 +6,8 @@ see a stale view (never an empty one) and launch nothing for that pool.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 
 import structlog
@@ -80,6 +82,15 @@ async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
     return True
 
 
+async def _list_jobs(ctx: Context, pool: PoolRuntime) -> Sequence[WorkerJob]:
+    """One bounded call: a backend that hangs makes the view stale, not the loop stuck."""
+    try:
+        async with asyncio.timeout(ctx.call_timeout):
+            return await pool.backend.list_jobs()
+    except TimeoutError:
+        raise TransientError(f"listing jobs took longer than {ctx.call_timeout:g}s") from None
+
+
 async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
     """One poll of ``pool``'s backend; True when it succeeded."""
     started = ctx.clock()
@@ -87,7 +98,7 @@ async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
         jobs = tuple(
             await call_with_retry(
                 "backend",
-                pool.backend.list_jobs,
+                lambda: _list_jobs(ctx, pool),
                 ctx.retry,
                 ctx.metrics.retry_hook("backend", pool.name),
             )

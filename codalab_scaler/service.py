@@ -25,7 +25,6 @@ from codalab_scaler.errors import LoginRefused, TransientError
 from codalab_scaler.health import Liveness
 from codalab_scaler.metrics import Metrics, ScrapeView, SnapshotCollector
 from codalab_scaler.pollers import poll_bundles, poll_jobs
-from codalab_scaler.retry import RetryPolicy
 from codalab_scaler.scaler import scale_pool
 from codalab_scaler.settings import Settings
 from codalab_scaler.state import StateStore
@@ -75,9 +74,7 @@ class Service:
         # both validated by Settings; the asserts narrow the types
         assert settings.username is not None
         assert settings.password is not None
-        retry = RetryPolicy(
-            max_attempts=settings.retry_attempts, max_seconds=settings.retry_max_seconds
-        )
+        retry = settings.retry_policy()
         closers: list[Callable[[], Awaitable[None]]] = []
         login: Callable[[], Awaitable[None]] | None = None
         if bundles is None:
@@ -130,6 +127,7 @@ class Service:
             sleep_time=settings.sleep_time,
             in_flight_timeout=settings.in_flight_timeout_seconds,
             retry=retry,
+            call_timeout=settings.request_timeout_seconds,
             dry_run=settings.dry_run,
         )
         registry.register(SnapshotCollector(lambda: ScrapeView(

@@ -43,6 +43,7 @@ from pydantic_settings import (
 from codalab_scaler.decision import Policy
 from codalab_scaler.errors import ConfigError
 from codalab_scaler.prefilter import WorkerShape
+from codalab_scaler.retry import RetryPolicy
 from codalab_scaler.worker_command import WorkerOptions
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -169,6 +170,8 @@ class Settings(BaseSettings):
     request_timeout_seconds: PositiveFloat = 30
     retry_attempts: PositiveInt = 4
     retry_max_seconds: PositiveFloat = 30
+    retry_backoff_seconds: PositiveFloat = 0.5
+    retry_max_backoff_seconds: PositiveFloat = 8
     health_grace_seconds: PositiveFloat = 60
     health_stall_seconds: PositiveFloat | None = None
     http_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint in a container must be reachable
@@ -234,6 +237,14 @@ class Settings(BaseSettings):
         if self.health_stall_seconds is not None:
             return self.health_stall_seconds
         return 3 * self.sleep_time + self.retry_max_seconds + self.request_timeout_seconds
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.retry_attempts,
+            max_seconds=self.retry_max_seconds,
+            initial_backoff=self.retry_backoff_seconds,
+            max_backoff=self.retry_max_backoff_seconds,
+        )
 
     def policy(self, pool: str) -> Policy:
         p = self.pools[pool]

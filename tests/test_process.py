@@ -33,10 +33,14 @@ class Running:
     raw: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
 
-    async def event(self, name: str, within: float = 10.0, **fields: Any) -> dict[str, Any]:
+    async def event(
+        self, name: str, within: float = 10.0, after: dict[str, Any] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """The first log event ``name`` with these fields (logged after ``after``, if given)."""
         async with asyncio.timeout(within):
             while True:
-                for line in self.lines:
+                start = 0 if after is None else self.lines.index(after) + 1
+                for line in self.lines[start:]:
                     wanted = all(line.get(k) == v for k, v in fields.items())
                     if line.get("event") == name and wanted:
                         return line
@@ -220,3 +224,28 @@ async def test_dry_run_launches_nothing(
     await scaler.reader
     assert any(line.get("event") == "scaler.dry_run_launch" for line in scaler.lines)
     assert not (tmp_path / "pids").exists()
+
+
+async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Any) -> None:
+    demo = await launcher(
+        "--http-port", "0", "demo", "--bundles", "6", "--bundles-per-minute", "600",
+        "--max-run-seconds", "2",
+    )  # fmt: skip
+    port = (await demo.event("http.listening"))["port"]
+    await demo.event("scaler.launched", within=20)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/healthz") as resp,
+    ):
+        assert resp.status == 200
+    drained = await demo.event("demo.status", within=60, staged=0, running=0, done=6)
+    # workers exit when idle: the pool goes back to zero
+    await demo.event("scaler.decided", within=30, after=drained, active=0, pending=0)
+    launched = [line for line in demo.lines if line.get("event") == "scaler.launched"]
+    assert 2 <= len(launched) <= 4  # scaled up, never past the demo's max of 4
+    demo.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await demo.proc.wait() == 0
+    assert demo.reader is not None
+    await demo.reader
+    assert any(line.get("event") == "demo.stopped" for line in demo.lines)

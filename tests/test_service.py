@@ -265,3 +265,15 @@ async def test_liveness_flags_a_stuck_loop(stuck_for: float) -> None:
         {"username": "a", "password": "b", "pools": {"p": {}}}
     ).effective_health_stall_seconds
     assert report.ok is (stuck_for <= stall)
+
+
+async def test_a_hanging_backend_list_is_a_transient_failure() -> None:
+    h = Harness(min_workers=1, request_timeout_seconds=0.05, retry_attempts=1)
+    release = asyncio.Event()
+
+    async def hang() -> Any:
+        await release.wait()  # never set
+
+    h.backend.list_jobs = hang  # type: ignore[method-assign]
+    assert await h.cycle() == ("stale_view", 0)
+    assert h.ctx.state.snapshot.pools["p"].jobs.error == "listing jobs took longer than 0.05s"

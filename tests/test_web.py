@@ -10,7 +10,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.app import make_app
+from codalab_scaler.app import make_app, serve
 from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from tests.fakes import FakeBackend, FakeBundles
@@ -96,3 +96,25 @@ async def test_loop_that_never_ran_is_unhealthy_after_the_grace(client_for: Any)
     client = await client_for(build(FakeBackend(), bundles, health_grace_seconds=0.2))
     body = await eventually(client, "/healthz", 503)
     assert body["problems"] == ["bundles:p: never completed an iteration"]
+
+
+async def test_serve_exits_1_when_a_root_loop_dies() -> None:
+    service = build(FakeBackend(list_error=RuntimeError("backend bug")), FakeBundles())
+    async with asyncio.timeout(10):
+        code = await serve(service, "127.0.0.1", 0)
+    assert code == 1
+    assert service.fatal_reason == "jobs:p: RuntimeError: backend bug"
+
+
+async def test_serve_exits_0_when_asked_to_stop() -> None:
+    service = build(FakeBackend(), FakeBundles())
+    stop = asyncio.Event()
+    ports: list[int] = []
+
+    def listening(port: int) -> None:
+        ports.append(port)
+        stop.set()
+
+    async with asyncio.timeout(10):
+        assert await serve(service, "127.0.0.1", 0, stop=stop, on_listening=listening) == 0
+    assert ports[0] > 0
