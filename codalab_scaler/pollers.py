@@ -13,7 +13,7 @@ from dataclasses import replace
 import structlog
 
 from codalab_scaler.context import Context, PoolRuntime
-from codalab_scaler.errors import RefusedError, TransientError
+from codalab_scaler.errors import RefusedError, ScalerError, TransientError
 from codalab_scaler.model import InFlightLaunch, PoolState, WorkerJob
 from codalab_scaler.prefilter import prefilter
 from codalab_scaler.retry import call_with_retry
@@ -38,19 +38,30 @@ def reconcile_in_flight(
     return waiting, expired
 
 
+def _failed(ctx: Context, pool: PoolRuntime, source: str, exc: ScalerError, started: float) -> None:
+    """Count and log a failed poll; keep the last good value but mark the view failed."""
+    kind = "transient" if isinstance(exc, TransientError) else "refused"
+    now = ctx.clock()
+    error = str(exc)
+    ctx.metrics.poll_errors.labels(pool=pool.name, source=source, kind=kind).inc()
+    ctx.metrics.poll_duration.labels(pool=pool.name, source=source).observe(now - started)
+
+    def mark(s: PoolState) -> PoolState:
+        if source == "bundles":
+            return replace(s, bundles=s.bundles.failed(error, now))
+        return replace(s, jobs=s.jobs.failed(error, now))
+
+    ctx.state.update(pool.name, mark)
+    log.warning("poll.failed", pool=pool.name, source=source, kind=kind, error=error)
+
+
 async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
     """One poll of the staged bundles for ``pool``; True when it succeeded."""
     started = ctx.clock()
     try:
         parsed = await ctx.bundles.fetch_staged(pool.keywords)
     except (TransientError, RefusedError) as exc:
-        kind = "transient" if isinstance(exc, TransientError) else "refused"
-        now = ctx.clock()
-        ctx.metrics.poll_errors.labels(pool=pool.name, source="bundles", kind=kind).inc()
-        ctx.metrics.poll_duration.labels(pool=pool.name, source="bundles").observe(now - started)
-        error = str(exc)
-        ctx.state.update(pool.name, lambda s: replace(s, bundles=s.bundles.failed(error, now)))
-        log.warning("poll.failed", pool=pool.name, source="bundles", kind=kind, error=error)
+        _failed(ctx, pool, "bundles", exc, started)
         return False
     now = ctx.clock()
     ctx.metrics.poll_duration.labels(pool=pool.name, source="bundles").observe(now - started)
@@ -104,13 +115,7 @@ async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
             )
         )
     except (TransientError, RefusedError) as exc:
-        kind = "transient" if isinstance(exc, TransientError) else "refused"
-        now = ctx.clock()
-        ctx.metrics.poll_errors.labels(pool=pool.name, source="jobs", kind=kind).inc()
-        ctx.metrics.poll_duration.labels(pool=pool.name, source="jobs").observe(now - started)
-        error = str(exc)
-        ctx.state.update(pool.name, lambda s: replace(s, jobs=s.jobs.failed(error, now)))
-        log.warning("poll.failed", pool=pool.name, source="jobs", kind=kind, error=error)
+        _failed(ctx, pool, "jobs", exc, started)
         return False
     now = ctx.clock()
     ctx.metrics.poll_duration.labels(pool=pool.name, source="jobs").observe(now - started)

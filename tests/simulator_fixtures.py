@@ -22,19 +22,6 @@ SimFactory = Callable[..., Awaitable[CodaLabSimulator]]
 ClientFactory = Callable[..., CodaLabClient]
 
 
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest_asyncio.fixture(name="sim_factory")
 async def sim_factory_fixture() -> AsyncIterator[SimFactory]:
     """Start simulators with any constructor arguments; all are stopped in teardown."""

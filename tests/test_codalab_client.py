@@ -12,10 +12,10 @@ from structlog.testing import capture_logs
 from codalab_scaler.codalab import CodaLabClient, Credentials, staged_keywords
 from codalab_scaler.errors import LoginRefused, RefusedError, TransientError
 from codalab_scaler.simulator import CodaLabSimulator, RecordedRequest
+from tests.fakes import FakeClock
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     USERS,
     ClientFactory,
-    FakeClock,
     SimFactory,
     client_factory_fixture,
     sim_factory_fixture,

@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 
 from codalab_scaler.simulator import CodaLabSimulator, run_bundle_stream
+from tests.fakes import FakeClock
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
-    FakeClock,
     SimFactory,
     sim_factory_fixture,
     sim_fixture,
