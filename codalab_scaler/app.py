@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -50,6 +51,13 @@ async def serve(
         log.error("codalab.login_refused", error=str(exc))
         await service.stop()
         return EXIT_CONFIG
+    # Bind before any loop starts: a port in use must not leave workers launched behind it.
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as exc:
+        log.error("http.bind_failed", host=host, port=port, error=exc.strerror)
+        await service.stop()
+        return EXIT_CONFIG
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -58,10 +66,8 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = [addr[1] for addr in runner.addresses if isinstance(addr, tuple)]
-        actual = bound[0] if bound else port
+        await web.SockSite(runner, sock).start()
+        actual = sock.getsockname()[1]
         log.info("http.listening", host=host, port=actual)
         if on_listening is not None:
             on_listening(actual)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,3 +119,14 @@ async def test_serve_exits_0_when_asked_to_stop() -> None:
     async with asyncio.timeout(10):
         assert await serve(service, "127.0.0.1", 0, stop=stop, on_listening=listening) == 0
     assert ports[0] > 0
+
+
+async def test_serve_exits_2_when_the_port_is_taken() -> None:
+    backend = FakeBackend()
+    service = build(backend, FakeBundles())
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        async with asyncio.timeout(10):
+            assert await serve(service, "127.0.0.1", port) == 2
+    assert backend.launched == []  # no loop ran
+    assert backend.closed
