@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import structlog
 
 from codalab_scaler.context import Context, PoolRuntime
 from codalab_scaler.errors import RefusedError, ScalerError, TransientError
-from codalab_scaler.model import InFlightLaunch, PoolState, WorkerJob
+from codalab_scaler.model import InFlightLaunch, Observation, PoolState, WorkerJob
 from codalab_scaler.prefilter import prefilter
 from codalab_scaler.retry import call_with_retry
 
@@ -51,8 +52,29 @@ def _failed(ctx: Context, pool: PoolRuntime, source: str, exc: ScalerError, star
             return replace(s, bundles=s.bundles.failed(error, now))
         return replace(s, jobs=s.jobs.failed(error, now))
 
+    previous = _observation(ctx, pool, source).error
     ctx.state.update(pool.name, mark)
-    log.warning("poll.failed", pool=pool.name, source=source, kind=kind, error=error)
+    # Warn when a source starts failing or fails differently; an outage of hours
+    # would otherwise repeat the same warning every poll (metrics count each one).
+    emit = log.warning if previous != error else log.debug
+    emit("poll.failed", pool=pool.name, source=source, kind=kind, error=error)
+
+
+def _observation(ctx: Context, pool: PoolRuntime, source: str) -> Observation[Any]:
+    state = ctx.state.snapshot.pools[pool.name]
+    return state.bundles if source == "bundles" else state.jobs
+
+
+def _recovered(ctx: Context, pool: PoolRuntime, source: str, now: float) -> None:
+    previous = _observation(ctx, pool, source)
+    if previous.error is not None:
+        since = previous.observed_at
+        log.info(
+            "poll.recovered",
+            pool=pool.name,
+            source=source,
+            stale_seconds=None if since is None else round(now - since, 1),
+        )
 
 
 async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
@@ -82,6 +104,7 @@ async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
                 requested=item.requested,
                 available=item.available,
             )
+    _recovered(ctx, pool, "bundles", now)
     ctx.state.update(pool.name, lambda s: replace(s, bundles=s.bundles.succeeded(view, now)))
     log.debug(
         "poll.bundles",
@@ -133,6 +156,7 @@ async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
             )
         return replace(s, jobs=s.jobs.succeeded(jobs, now), in_flight=waiting)
 
+    _recovered(ctx, pool, "jobs", now)
     ctx.state.update(pool.name, apply)
     log.debug("poll.jobs", pool=pool.name, jobs=len(jobs))
     return True

@@ -249,3 +249,20 @@ async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Any) ->
     assert demo.reader is not None
     await demo.reader
     assert any(line.get("event") == "demo.stopped" for line in demo.lines)
+
+
+async def test_restart_keeps_count_of_running_workers(
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+) -> None:
+    for _ in range(3):
+        sim.add_bundle(duration=600)
+    first = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds())
+    await first.event("scaler.decided", reason="at_max", active=2)
+    first.proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(10):
+        assert await first.proc.wait() == 0
+    # The workers outlive the scaler; a new one counts them and launches nothing.
+    second = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds())
+    await second.event("scaler.decided", reason="at_max", active=2)
+    assert not any(line.get("event") == "scaler.launched" for line in second.lines)
+    assert len((tmp_path / "pids").read_text().split()) == 2

@@ -277,3 +277,30 @@ async def test_a_hanging_backend_list_is_a_transient_failure() -> None:
     h.backend.list_jobs = hang  # type: ignore[method-assign]
     assert await h.cycle() == ("stale_view", 0)
     assert h.ctx.state.snapshot.pools["p"].jobs.error == "listing jobs took longer than 0.05s"
+
+
+async def test_an_outage_warns_once_and_its_end_is_logged() -> None:
+    h = Harness()
+    await h.poll()
+    h.bundles.error = TransientError("codalab: 503")
+    with capture_logs() as logs:
+        for _ in range(3):
+            await h.poll()
+        h.bundles.error = TransientError("codalab: connection refused")
+        await h.poll()
+        h.clock.advance(20)
+        h.bundles.error = None
+        await h.poll()
+    failed = [(e["log_level"], e["error"]) for e in logs if e["event"] == "poll.failed"]
+    assert failed == [
+        ("warning", "codalab: 503"),
+        ("debug", "codalab: 503"),
+        ("debug", "codalab: 503"),
+        ("warning", "codalab: connection refused"),
+    ]
+    recovered = [e for e in logs if e["event"] == "poll.recovered"]
+    assert [(e["source"], e["stale_seconds"]) for e in recovered] == [("bundles", 20.0)]
+    assert (
+        h.sample("codalab_scaler_poll_errors_total", pool="p", source="bundles", kind="transient")
+        == 4
+    )
