@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server", default=S, help="CodaLab instance to connect to" + g("server"))
     add("--min-workers", type=int, default=S, help="Minimum number of workers" + p("min_workers"))
     add("--max-workers", type=int, default=S, help="Maximum number of workers" + p("max_workers"))
-    add("--search", nargs="*", default=S, help="Monitor only runs that satisfy these criteria")
+    add(
+        "--search",
+        nargs="*",
+        action="extend",
+        default=S,
+        help="Monitor only runs that satisfy these criteria",
+    )
     add("--verbose", action="store_true", default=S, help="Log debug events too")
     add("--sleep-time", type=float, default=S, help="Seconds between polls" + g("sleep_time"))
     add(
@@ -251,6 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
+SUBCOMMANDS = frozenset({"local", "demo"})
+
+
+def split_search(argv: list[str]) -> list[str]:
+    """``--search a b local`` -> ``--search=a --search=b local``.
+
+    ``--search`` takes any number of words, so argparse would swallow the
+    backend subcommand that follows it (the original has the same trap).
+    A word that names a subcommand ends the list; write ``--search=local``
+    to search for that word itself.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg != "--search":
+            out.append(arg)
+            continue
+        words = []
+        while i < len(argv) and not argv[i].startswith("-") and argv[i] not in SUBCOMMANDS:
+            words.append(argv[i])
+            i += 1
+        # A bare --search (no words) means the default, []: nothing to pass on.
+        out += [f"--search={word}" for word in words]
+    return out
+
+
 def settings_values(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], Path | None]:
@@ -274,7 +308,7 @@ def settings_values(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_search(sys.argv[1:] if argv is None else list(argv)))
     if args.backend == "demo":
         from codalab_scaler.demo import run_demo
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from codalab_scaler.cli import build_parser, main, settings_values
+from codalab_scaler.cli import build_parser, main, settings_values, split_search
 from codalab_scaler.errors import ConfigError
 from codalab_scaler.settings import load_settings
 
@@ -14,7 +14,7 @@ ENV = {"CODALAB_USERNAME": "alice", "CODALAB_PASSWORD": "pw-123"}
 
 
 def load(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(split_search(argv))
     values, config = settings_values(args, ENV if environ is None else environ)
     return load_settings(values, config)
 
@@ -203,3 +203,17 @@ def test_errors_never_echo_a_password(tmp_path: Path, capsys: pytest.CaptureFixt
     lines = errors(["--config", str(config)], capsys, env=False)
     assert lines == ["codalab-scaler: config error: password: Input should be a valid string"]
     assert "12345678" not in "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("argv", "search"),
+    [
+        (["--search", "a=1", "b", "local"], ["a=1", "b"]),
+        (["--search", "a=1", "--max-workers", "2", "local"], ["a=1"]),
+        (["--search", "local"], []),
+        (["--search", "x", "--search", "y", "local"], ["x", "y"]),
+        (["--search=local", "local"], ["local"]),
+    ],
+)
+def test_search_words_stop_at_the_backend_subcommand(argv: list[str], search: list[str]) -> None:
+    assert load(argv).pools["default"].search == search
