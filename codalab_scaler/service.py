@@ -255,7 +255,11 @@ class Service:
             version = snapshot.version
             current = snapshot.pools[pool.name]
             due = self.ctx.clock() - last_pass >= self.ctx.sleep_time
-            if current is not seen or due:
+            # Until both pollers have tried once there is nothing to decide on yet.
+            polled = (
+                current.bundles.attempted_at is not None and current.jobs.attempted_at is not None
+            )
+            if polled and (current is not seen or due):
                 await scale_pool(self.ctx, pool)
                 seen = self.ctx.state.snapshot.pools[pool.name]
                 last_pass = self.ctx.clock()

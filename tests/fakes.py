@@ -33,6 +33,7 @@ class FakeBundles:
 
     staged: list[StagedBundle] = field(default_factory=list)
     error: Exception | None = None
+    delay: float = 0.0
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     def stage(self, n: int, *, cpus: int = 1) -> None:
@@ -43,6 +44,8 @@ class FakeBundles:
 
     async def fetch_staged(self, keywords: Sequence[str]) -> Parsed:
         self.calls.append(tuple(keywords))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
         return Parsed(tuple(self.staged))

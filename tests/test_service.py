@@ -304,3 +304,17 @@ async def test_an_outage_warns_once_and_its_end_is_logged() -> None:
         h.sample("codalab_scaler_poll_errors_total", pool="p", source="bundles", kind="transient")
         == 4
     )
+
+
+async def test_the_first_decision_waits_for_the_first_polls() -> None:
+    backend, bundles = FakeBackend(), FakeBundles(delay=0.2)  # CodaLab answers slowly
+    bundles.stage(1)
+    service = live_service(backend, bundles)
+    with capture_logs() as logs:
+        await service.start()
+        try:
+            await _until(lambda: service.ctx.decisions.get("p") is not None)
+        finally:
+            await service.stop()
+    decided = [e for e in logs if e["event"] == "scaler.decided"]
+    assert decided[0]["reason"] != "stale_view"  # not "never observed" at start-up
