@@ -45,8 +45,44 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until a root loop dies (exit 1)."""
     stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await service.login()
+        return await _serve(service, host, port, stop, on_listening)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _until_stopped(stop: asyncio.Event, *events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in (stop, *events)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+async def _serve(
+    service: Service,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] | None,
+) -> int:
+    # Log in first (a wrong password exits 2), but a signal during a slow login still stops.
+    login = asyncio.ensure_future(service.login())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([login, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not login.done():
+        login.cancel()
+        await asyncio.gather(login, return_exceptions=True)
+        await service.stop()
+        return EXIT_OK
+    try:
+        login.result()
     except LoginRefused as exc:
         log.error("codalab.login_refused", error=str(exc))
         await service.stop()
@@ -58,9 +94,6 @@ async def serve(
         log.error("http.bind_failed", host=host, port=port, error=exc.strerror)
         await service.stop()
         return EXIT_CONFIG
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
         make_app(service), handle_signals=False, access_log=None, shutdown_timeout=1.0
     )
@@ -71,14 +104,8 @@ async def serve(
         log.info("http.listening", host=host, port=actual)
         if on_listening is not None:
             on_listening(actual)
-        stop_wait = asyncio.ensure_future(stop.wait())
-        fatal_wait = asyncio.ensure_future(service.fatal.wait())
-        await asyncio.wait({stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stop_wait, fatal_wait):
-            task.cancel()
+        await _until_stopped(stop, service.fatal)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         log.info("service.stopping", fatal=service.fatal_reason)
         await runner.cleanup()
     if service.fatal.is_set():

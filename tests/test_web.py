@@ -130,3 +130,17 @@ async def test_serve_exits_2_when_the_port_is_taken() -> None:
             assert await serve(service, "127.0.0.1", port) == 2
     assert backend.launched == []  # no loop ran
     assert backend.closed
+
+
+async def test_a_signal_during_a_slow_login_still_exits_0() -> None:
+    service = build(FakeBackend(), FakeBundles())
+    release = asyncio.Event()
+
+    async def slow_login() -> None:
+        await release.wait()  # CodaLab never answers
+
+    service._login = slow_login
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    async with asyncio.timeout(5):
+        assert await serve(service, "127.0.0.1", 0, stop=stop) == 0
