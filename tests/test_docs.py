@@ -1,0 +1,54 @@
+"""The README's references match the code: every metric and setting documented, none invented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from codalab_scaler.service import Service
+from codalab_scaler.settings import LocalBackendSettings, PoolSettings, Settings
+from tests.fakes import FakeBackend, FakeBundles
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(title)
+    end = README.find("\n#", start + len(title))
+    return README[start : end if end != -1 else None]
+
+
+def first_column(text: str) -> set[str]:
+    """Names in backticks in the first column of a markdown table."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+    return names
+
+
+def exported_metric_names() -> set[str]:
+    registry = CollectorRegistry()
+    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"p": {}}})
+    Service.build(settings, registry=registry, bundles=FakeBundles(), backends={"p": FakeBackend()})
+    names = set()
+    for family in registry.collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        names.add(family.name + suffix)
+    return names
+
+
+def test_metrics_reference_lists_exactly_the_exported_metrics() -> None:
+    documented = first_column(section("### Metrics reference"))
+    assert documented == exported_metric_names()
+
+
+def test_settings_reference_lists_every_setting() -> None:
+    service = first_column(section("### Settings reference: service"))
+    pool = first_column(section("### Settings reference: per pool"))
+    local = first_column(section("### Backend `local`"))
+    assert service == set(Settings.model_fields)
+    assert pool == set(PoolSettings.model_fields)
+    assert local == set(LocalBackendSettings.model_fields)
