@@ -49,6 +49,14 @@ class Running:
                     raise AssertionError(f"exited {self.proc.returncode} before {name}: {self.raw}")
                 await asyncio.sleep(0.02)
 
+    async def exit_code(self, within: float = 10.0) -> int:
+        """Wait for the process to end and its output to be read; its exit status."""
+        async with asyncio.timeout(within):
+            code = await self.proc.wait()
+            if self.reader is not None:
+                await self.reader
+        return code
+
 
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[CodaLabSimulator]:
@@ -153,10 +161,7 @@ async def test_runs_scrapes_probes_and_stops_on_sigterm(
     assert status["pools"]["default"]["bundles"]["staged_count"] == 3
 
     scaler.proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        assert await scaler.proc.wait() == 0
-    assert scaler.reader is not None
-    await scaler.reader
+    assert await scaler.exit_code() == 0
     everything = metrics + status_text + "\n".join(scaler.raw)
     assert PASSWORD not in everything
     assert any(line.get("event") == "service.stopped" for line in scaler.lines)
@@ -166,10 +171,7 @@ async def test_wrong_password_is_a_clear_error_and_exit_2(
     sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
 ) -> None:
     scaler = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds("wrong"))
-    async with asyncio.timeout(10):
-        assert await scaler.proc.wait() == 2
-    assert scaler.reader is not None
-    await scaler.reader
+    assert await scaler.exit_code() == 2
     refused = [line for line in scaler.lines if line.get("event") == "codalab.login_refused"]
     assert refused
     assert refused[0]["level"] == "error"
@@ -181,10 +183,7 @@ async def test_once_runs_one_cycle_and_exits_0(
 ) -> None:
     sim.add_bundle(duration=600)
     scaler = await launcher(*scaler_args(sim, tmp_path, worker_script, "--once"), env=creds())
-    async with asyncio.timeout(20):
-        assert await scaler.proc.wait() == 0
-    assert scaler.reader is not None
-    await scaler.reader
+    assert await scaler.exit_code(within=20) == 0
     assert [line["event"] for line in scaler.lines if line.get("event") == "scaler.launched"] == [
         "scaler.launched"
     ]
@@ -201,10 +200,7 @@ async def test_once_without_a_view_exits_non_zero(
         "--state-dir", str(tmp_path / "state"),
         env={**creds(), "CODALAB_SCALER_RETRY_MAX_SECONDS": "1"},
     )  # fmt: skip
-    async with asyncio.timeout(30):
-        assert await scaler.proc.wait() == 1
-    assert scaler.reader is not None
-    await scaler.reader
+    assert await scaler.exit_code(within=30) == 1
     failed = [line for line in scaler.lines if line.get("event") == "once.failed"]
     assert failed
     assert "stale view" in failed[0]["problems"][0]
@@ -218,10 +214,7 @@ async def test_dry_run_launches_nothing(
     scaler = await launcher(
         *scaler_args(sim, tmp_path, worker_script, "--once", "--dry-run"), env=creds()
     )
-    async with asyncio.timeout(20):
-        assert await scaler.proc.wait() == 0
-    assert scaler.reader is not None
-    await scaler.reader
+    assert await scaler.exit_code(within=20) == 0
     assert any(line.get("event") == "scaler.dry_run_launch" for line in scaler.lines)
     assert not (tmp_path / "pids").exists()
 
@@ -244,10 +237,7 @@ async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Any) ->
     launched = [line for line in demo.lines if line.get("event") == "scaler.launched"]
     assert 2 <= len(launched) <= 4  # scaled up, never past the demo's max of 4
     demo.proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        assert await demo.proc.wait() == 0
-    assert demo.reader is not None
-    await demo.reader
+    assert await demo.exit_code() == 0
     assert any(line.get("event") == "demo.stopped" for line in demo.lines)
 
 
@@ -259,8 +249,7 @@ async def test_restart_keeps_count_of_running_workers(
     first = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds())
     await first.event("scaler.decided", reason="at_max", active=2)
     first.proc.send_signal(signal.SIGINT)
-    async with asyncio.timeout(10):
-        assert await first.proc.wait() == 0
+    assert await first.exit_code() == 0
     # The workers outlive the scaler; a new one counts them and launches nothing.
     second = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds())
     await second.event("scaler.decided", reason="at_max", active=2)
