@@ -285,14 +285,28 @@ def split_search(argv: list[str]) -> list[str]:
     return out
 
 
+def split_flags(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The flags actually given, sorted into (service, pool, backend) settings."""
+    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend", *DEMO_ONLY}}
+    service = {k: v for k, v in given.items() if k in GLOBAL_KEYS}
+    pool = {k: v for k, v in given.items() if k not in GLOBAL_KEYS | BACKEND_KEYS}
+    backend = {k: v for k, v in given.items() if k in BACKEND_KEYS}
+    return service, pool, backend
+
+
+def print_config_errors(exc: ConfigError) -> int:
+    for line in exc.lines:
+        print(f"codalab-scaler: config error: {line}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def settings_values(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], Path | None]:
     """Turn parsed flags into the nested settings dict (only flags actually given)."""
-    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend"}}
-    values: dict[str, Any] = {k: v for k, v in given.items() if k in GLOBAL_KEYS}
-    pool = {k: v for k, v in given.items() if k not in GLOBAL_KEYS | BACKEND_KEYS | DEMO_ONLY}
-    backend = {k: v for k, v in given.items() if k in BACKEND_KEYS}
+    values, pool, backend = split_flags(args)
     if args.backend == "local":
         values["pools"] = {CLI_POOL: {**pool, "backend": {"kind": "local", **backend}}}
     elif pool and args.backend is None:
@@ -317,9 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values, config = settings_values(args, os.environ)
         settings = load_settings(values, config)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(f"codalab-scaler: config error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
+        return print_config_errors(exc)
     configure_logging(verbose=settings.verbose, fmt=settings.log_format)
     return asyncio.run(run(settings))
 

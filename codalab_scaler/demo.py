@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from codalab_scaler.app import EXIT_CONFIG, serve
+from codalab_scaler.app import serve
 from codalab_scaler.errors import ConfigError
 from codalab_scaler.logs import configure_logging
 from codalab_scaler.service import Service
@@ -44,9 +44,9 @@ def _wrapper(state_dir: Path) -> Path:
 
 
 def demo_values(args: argparse.Namespace, server: str, state_dir: Path) -> dict[str, Any]:
-    from codalab_scaler.cli import DEMO_ONLY, GLOBAL_KEYS
+    from codalab_scaler.cli import split_flags
 
-    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend", *DEMO_ONLY}}
+    given_service, given_pool, _backend = split_flags(args)  # the demo has no backend flags
     pool: dict[str, Any] = {
         "min_workers": 0,
         "max_workers": 4,
@@ -56,13 +56,13 @@ def demo_values(args: argparse.Namespace, server: str, state_dir: Path) -> dict[
         "worker_checkin_frequency_seconds": 1,
         "backend": {"kind": "local", "cpus": 1, "memory_mb": 2048, "state_dir": state_dir},
     }
-    pool.update({k: v for k, v in given.items() if k not in GLOBAL_KEYS})
+    pool.update(given_pool)
     values: dict[str, Any] = {
         "sleep_time": 1.0,
         "http_host": "127.0.0.1",
         "health_grace_seconds": 10,
     }
-    values.update({k: v for k, v in given.items() if k in GLOBAL_KEYS})
+    values.update(given_service)
     values.update(
         server=server, username=DEMO_USER, password=DEMO_PASSWORD, pools={DEMO_POOL: pool}
     )
@@ -98,9 +98,9 @@ async def _demo(args: argparse.Namespace) -> int:
         try:
             settings = load_settings(demo_values(args, server, state_dir))
         except ConfigError as exc:
-            for line in exc.lines:
-                print(f"codalab-scaler: config error: {line}", file=sys.stderr)
-            return EXIT_CONFIG
+            from codalab_scaler.cli import print_config_errors
+
+            return print_config_errors(exc)
         configure_logging(verbose=settings.verbose, fmt=settings.log_format)
         log.info("demo.started", codalab=server, state_dir=str(state_dir), bundles=args.bundles)
         service = Service.build(settings)

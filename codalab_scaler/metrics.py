@@ -157,8 +157,7 @@ class SnapshotCollector(Collector):
                 a = obs.age(v.now)
                 if a is not None:
                     age.add_metric([pool, source], a)
-                healthy = obs.observed_at is not None and obs.error is None
-                ok.add_metric([pool, source], 1.0 if healthy else 0.0)
+                ok.add_metric([pool, source], 1.0 if obs.ok else 0.0)
             policy = v.policies.get(pool)
             if policy is not None:
                 limits.add_metric([pool, "min"], policy.min_workers)

@@ -84,6 +84,11 @@ class Observation(Generic[T]):
             value=self.value, observed_at=self.observed_at, error=error, attempted_at=now
         )
 
+    @property
+    def ok(self) -> bool:
+        """The last poll succeeded (so there is a value and it is not marked failed)."""
+        return self.observed_at is not None and self.error is None
+
     def age(self, now: float) -> float | None:
         return None if self.observed_at is None else now - self.observed_at
 

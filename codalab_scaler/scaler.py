@@ -16,8 +16,10 @@ from codalab_scaler.model import InFlightLaunch, PoolState
 log = structlog.get_logger()
 
 
-def _launched_at(at: float) -> Callable[[PoolState], PoolState]:
-    return lambda s: replace(s, last_launch_at=at)
+def _launched(at: float, flight: InFlightLaunch | None = None) -> Callable[[PoolState], PoolState]:
+    """Record a launch (a dry run has no in-flight job): it starts the cooldown."""
+    added = () if flight is None else (flight,)
+    return lambda s: replace(s, in_flight=(*s.in_flight, *added), last_launch_at=at)
 
 
 def _summary(d: Decision) -> tuple[object, ...]:
@@ -53,7 +55,7 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
         worker_id = uuid.uuid4().hex
         if ctx.dry_run:
             ctx.metrics.launches.labels(pool=pool.name, outcome="dry_run").inc()
-            ctx.state.update(pool.name, _launched_at(ctx.clock()))
+            ctx.state.update(pool.name, _launched(ctx.clock()))
             log.info("scaler.dry_run_launch", pool=pool.name, worker_id=worker_id)
             continue
         try:
@@ -68,11 +70,7 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
             break
         at = ctx.clock()
         flight = InFlightLaunch(job_id=job_id, worker_id=worker_id, launched_at=at)
-
-        def record(s: PoolState, f: InFlightLaunch = flight, t: float = at) -> PoolState:
-            return replace(s, in_flight=(*s.in_flight, f), last_launch_at=t)
-
-        ctx.state.update(pool.name, record)
+        ctx.state.update(pool.name, _launched(at, flight))
         ctx.metrics.launches.labels(pool=pool.name, outcome="launched").inc()
         launched += 1
         log.info(

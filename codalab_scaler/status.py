@@ -19,7 +19,7 @@ LIST_LIMIT = 100
 def _obs(obs: Observation[Any], now: float) -> dict[str, Any]:
     age = obs.age(now)
     return {
-        "ok": obs.observed_at is not None and obs.error is None,
+        "ok": obs.ok,
         "age_seconds": None if age is None else round(age, 3),
         "error": obs.error,
     }
