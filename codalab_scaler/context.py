@@ -39,6 +39,7 @@ class PoolRuntime:
     keywords: tuple[str, ...]
     shape: WorkerShape
     prefilter: bool
+    exit_after_num_failed: int | None = None
 
 
 @dataclass(slots=True)
@@ -55,4 +56,7 @@ class Context:
     call_timeout: float = 30.0
     dry_run: bool = False
     decisions: dict[str, Decision] = field(default_factory=dict)
+    failed_starts: dict[str, int] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Ends the process with a failure status (set by the service): (loop name, reason).
+    halt: Callable[[str, str], None] = field(default=lambda _loop, _reason: None)

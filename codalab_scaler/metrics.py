@@ -71,6 +71,12 @@ class Metrics:
             ["pool"],
             registry=registry,
         )
+        self.failed_starts = Counter(
+            f"{PREFIX}_failed_starts",
+            "Worker jobs that ended before they ever served (failed to start, vanished pending).",
+            ["pool"],
+            registry=registry,
+        )
         self.build = Info(f"{PREFIX}_build", "Version of codalab-scaler.", registry=registry)
         self.build.info({"version": __version__, "python": platform.python_version()})
 

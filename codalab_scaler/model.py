@@ -16,10 +16,16 @@ T = TypeVar("T")
 
 
 class JobState(enum.StrEnum):
-    """What a backend's job means for capacity: booting (pending) or serving (active)."""
+    """What a backend's job means for capacity: booting (pending) or serving (active).
+
+    ``FAILED`` is a report, not capacity: a job that ended before it ever
+    served (failed to start, or vanished while pending).  A backend lists
+    such a job once; the jobs poller counts it and keeps it out of the view.
+    """
 
     PENDING = "pending"
     ACTIVE = "active"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ class WorkerJob:
     job_id: str
     state: JobState
     worker_id: str = ""
+    reason: str = ""  # why a FAILED job failed, in the backend's words
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import structlog
 
 from codalab_scaler.context import Context, PoolRuntime
 from codalab_scaler.errors import RefusedError, ScalerError, TransientError
-from codalab_scaler.model import InFlightLaunch, Observation, PoolState, WorkerJob
+from codalab_scaler.model import InFlightLaunch, JobState, Observation, PoolState, WorkerJob
 from codalab_scaler.prefilter import prefilter
 from codalab_scaler.retry import call_with_retry
 
@@ -125,6 +125,28 @@ async def _list_jobs(ctx: Context, pool: PoolRuntime) -> Sequence[WorkerJob]:
         raise TransientError(f"listing jobs took longer than {ctx.call_timeout:g}s") from None
 
 
+def _failed_starts(ctx: Context, pool: PoolRuntime, failed: Sequence[WorkerJob]) -> None:
+    """Count jobs that ended before they served; past the pool's limit the process ends."""
+    if not failed:
+        return
+    total = ctx.failed_starts.get(pool.name, 0) + len(failed)
+    ctx.failed_starts[pool.name] = total
+    ctx.metrics.failed_starts.labels(pool=pool.name).inc(len(failed))
+    for job in failed:
+        log.error(
+            "worker.failed_start",
+            pool=pool.name,
+            job_id=job.job_id,
+            worker_id=job.worker_id,
+            reason=job.reason,
+            failed_starts=total,
+        )
+    limit = pool.exit_after_num_failed
+    if limit is not None and total >= limit:
+        log.error("scaler.too_many_failed_starts", pool=pool.name, failed_starts=total, limit=limit)
+        ctx.halt(f"jobs:{pool.name}", f"{total} workers failed to start (limit {limit})")
+
+
 async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
     """One poll of ``pool``'s backend; True when it succeeded."""
     started = ctx.clock()
@@ -142,9 +164,12 @@ async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
         return False
     now = ctx.clock()
     ctx.metrics.poll_duration.labels(pool=pool.name, source="jobs").observe(now - started)
+    listed = jobs
+    jobs = tuple(job for job in listed if job.state is not JobState.FAILED)
+    _failed_starts(ctx, pool, [job for job in listed if job.state is JobState.FAILED])
 
     def apply(s: PoolState) -> PoolState:
-        waiting, expired = reconcile_in_flight(s.in_flight, jobs, now, ctx.in_flight_timeout)
+        waiting, expired = reconcile_in_flight(s.in_flight, listed, now, ctx.in_flight_timeout)
         for launch in expired:
             ctx.metrics.in_flight_expired.labels(pool=pool.name).inc()
             log.warning(

@@ -54,9 +54,14 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
             break
         worker_id = uuid.uuid4().hex
         if ctx.dry_run:
+            try:
+                plan = await pool.backend.describe_launch(worker_id)
+            except (LaunchRefused, TransientError) as exc:
+                log.error("scaler.dry_run_refused", pool=pool.name, error=str(exc))
+                break
             ctx.metrics.launches.labels(pool=pool.name, outcome="dry_run").inc()
             ctx.state.update(pool.name, _launched(ctx.clock()))
-            log.info("scaler.dry_run_launch", pool=pool.name, worker_id=worker_id)
+            log.info("scaler.dry_run_launch", pool=pool.name, worker_id=worker_id, would=plan)
             continue
         try:
             job_id = await pool.backend.launch(worker_id)

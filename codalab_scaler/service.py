@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.backends import Backend, create_backend
+from codalab_scaler.backends import Backend, WorkerCredentials, create_backend
 from codalab_scaler.codalab.client import CodaLabClient, Credentials, staged_keywords
 from codalab_scaler.context import BundleSource, Context, PoolRuntime
 from codalab_scaler.errors import LoginRefused, TransientError
@@ -89,16 +89,15 @@ class Service:
             closers.append(client.aclose)
             login = client.login
             bundles = client
-        worker_env = {
-            "CODALAB_USERNAME": settings.username,
-            "CODALAB_PASSWORD": settings.password.get_secret_value(),
-        }
+        credentials = WorkerCredentials(
+            settings.username, settings.password.get_secret_value(), settings.password_file
+        )
         pools: dict[str, PoolRuntime] = {}
         for name, pool in settings.pools.items():
             backend = (
                 backends[name]
                 if backends is not None
-                else create_backend(name, pool, settings.server, worker_env)
+                else create_backend(name, pool, settings.server, credentials)
             )
             closers.append(backend.aclose)
             pools[name] = PoolRuntime(
@@ -112,6 +111,7 @@ class Service:
                 ),
                 shape=pool.shape(),
                 prefilter=not pool.no_prefilter,
+                exit_after_num_failed=pool.exit_after_num_failed,
             )
         ctx = Context(
             pools=pools,
@@ -136,7 +136,9 @@ class Service:
             policies={n: p.policy for n, p in ctx.pools.items()},
             now=ctx.clock(),
         )))  # fmt: skip
-        return cls(ctx, closers, login)
+        service = cls(ctx, closers, login)
+        ctx.halt = service._die
+        return service
 
     # -- lifecycle ----------------------------------------------------------------------
 

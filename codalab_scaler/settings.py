@@ -13,7 +13,6 @@ the CLI prints them and exits 2.
 from __future__ import annotations
 
 import contextvars
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -40,37 +39,34 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from codalab_scaler.backend_settings import (
+    AwsBatchBackendSettings,
+    BackendSettings,
+    LocalBackendSettings,
+    SlurmBatchBackendSettings,
+)
 from codalab_scaler.decision import Policy
 from codalab_scaler.errors import ConfigError
 from codalab_scaler.prefilter import WorkerShape
 from codalab_scaler.retry import RetryPolicy
 from codalab_scaler.worker_command import WorkerOptions
 
+__all__ = [
+    "AwsBatchBackendSettings",
+    "BackendSettings",
+    "LocalBackendSettings",
+    "PoolSettings",
+    "Settings",
+    "SlurmBatchBackendSettings",
+    "format_errors",
+    "load_settings",
+]
+
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "codalab-scaler"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LocalBackendSettings(_Strict):
-    """Workers as child processes of the scaler (the embedded default)."""
-
-    kind: Literal["local"] = "local"
-    cpus: PositiveInt = 1
-    gpus: NonNegativeInt = 0
-    memory_mb: PositiveInt = 2048
-    state_dir: Path = Field(default_factory=default_state_dir)
-
-
-BackendSettings = LocalBackendSettings
 
 
 class PoolSettings(_Strict):
@@ -98,6 +94,15 @@ class PoolSettings(_Strict):
     worker_download_dependencies_max_retries: NonNegativeInt | None = 3
     worker_shared_memory_size_gb: NonNegativeInt | None = 1
     worker_preemptible: bool = False
+    exit_after_num_failed: PositiveInt | None = None
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _local_by_default(cls, value: Any) -> Any:
+        """A backend table without ``kind`` is the embedded default, as before kinds existed."""
+        if isinstance(value, Mapping) and "kind" not in value:
+            return {**value, "kind": "local"}
+        return value
 
     @field_validator("max_workers")
     @classmethod

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from codalab_scaler.errors import LaunchRefused, TransientError
 from codalab_scaler.model import JobState, StagedBundle, WorkerJob
@@ -63,15 +64,20 @@ class FakeBackend:
     launch_delay: float = 0.0
     launched: list[str] = field(default_factory=list)
     closed: bool = False
+    reasons: dict[str, str] = field(default_factory=dict)
 
     async def list_jobs(self) -> Sequence[WorkerJob]:
         if self.list_error is not None:
             raise self.list_error
-        return [
-            WorkerJob(job_id, state, job_id.removeprefix("job-"))
+        listed = [
+            WorkerJob(job_id, state, job_id.removeprefix("job-"), self.reasons.get(job_id, ""))
             for job_id, state in self.jobs.items()
             if job_id not in self.hidden
         ]
+        for job in listed:
+            if job.state is JobState.FAILED:
+                del self.jobs[job.job_id]
+        return listed
 
     async def launch(self, worker_id: str) -> str:
         if self.launch_delay:
@@ -85,8 +91,16 @@ class FakeBackend:
         self.launched.append(worker_id)
         return job_id
 
+    async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
+        return {"job_id": f"job-{worker_id}"}
+
     async def aclose(self) -> None:
         self.closed = True
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """List ``job_id`` once as a failed start, then forget it (as a backend reports it)."""
+        self.jobs[job_id] = JobState.FAILED
+        self.reasons[job_id] = reason
 
     def activate_all(self) -> None:
         for job_id in self.jobs:

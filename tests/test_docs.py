@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
+from codalab_scaler.flags import BACKENDS
 from codalab_scaler.service import Service
-from codalab_scaler.settings import LocalBackendSettings, PoolSettings, Settings
+from codalab_scaler.settings import PoolSettings, Settings
 from tests.fakes import FakeBackend, FakeBundles
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -48,7 +51,10 @@ def test_metrics_reference_lists_exactly_the_exported_metrics() -> None:
 def test_settings_reference_lists_every_setting() -> None:
     service = first_column(section("### Settings reference: service"))
     pool = first_column(section("### Settings reference: per pool"))
-    local = first_column(section("### Backend `local`"))
     assert service == set(Settings.model_fields)
     assert pool == set(PoolSettings.model_fields)
-    assert local == set(LocalBackendSettings.model_fields)
+
+
+@pytest.mark.parametrize(("kind", "model"), sorted(BACKENDS.items()))
+def test_each_backend_section_lists_its_settings(kind: str, model: type[BaseModel]) -> None:
+    assert first_column(section(f"### Backend `{kind}`")) == set(model.model_fields)

@@ -318,3 +318,44 @@ async def test_the_first_decision_waits_for_the_first_polls() -> None:
             await service.stop()
     decided = [e for e in logs if e["event"] == "scaler.decided"]
     assert decided[0]["reason"] != "stale_view"  # not "never observed" at start-up
+
+
+async def test_dry_run_logs_what_the_backend_would_submit() -> None:
+    h = Harness(dry_run=True)
+    h.bundles.stage(1)
+    with capture_logs() as logs:
+        assert await h.cycle() == ("staged_work", 0)
+    (event,) = [e for e in logs if e["event"] == "scaler.dry_run_launch"]
+    assert event["would"] == {"job_id": f"job-{event['worker_id']}"}
+    assert h.backend.launched == []
+
+
+async def test_a_failed_start_is_counted_logged_and_not_capacity() -> None:
+    h = Harness(min_seconds_between_workers=0)
+    h.bundles.stage(2)
+    await h.cycle()
+    (worker_id,) = h.backend.launched
+    h.backend.fail(f"job-{worker_id}", "NonZeroExitCode")
+    with capture_logs() as logs:
+        reason, launched = await h.cycle()
+    failed = [e for e in logs if e["event"] == "worker.failed_start"]
+    assert [(e["job_id"], e["reason"]) for e in failed] == [(f"job-{worker_id}", "NonZeroExitCode")]
+    assert h.sample("codalab_scaler_failed_starts_total", pool="p") == 1
+    # The failed job is neither pending nor in flight any more: two staged, so two launches.
+    assert (reason, launched) == ("staged_work", 1)
+    assert h.ctx.state.snapshot.pools["p"].in_flight[0].worker_id != worker_id
+    assert not h.service.fatal.is_set()
+
+
+async def test_too_many_failed_starts_end_the_process_with_a_failure() -> None:
+    h = Harness(min_seconds_between_workers=0, exit_after_num_failed=2, max_launches_per_pass=2)
+    h.bundles.stage(2)
+    await h.cycle()
+    first, second = h.backend.launched
+    h.backend.fail(f"job-{first}", "FAILED")
+    await h.poll()
+    assert not h.service.fatal.is_set()
+    h.backend.fail(f"job-{second}", "FAILED")
+    await h.poll()
+    assert h.service.fatal.is_set()
+    assert h.service.fatal_reason == "jobs:p: 2 workers failed to start (limit 2)"

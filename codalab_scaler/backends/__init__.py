@@ -1,27 +1,42 @@
-"""Backends and the explicit factory that picks one per pool (no plugin magic)."""
+"""Backends and the explicit factory that picks one per pool (no plugin magic).
+
+Each backend module is imported only when a pool uses it, so a deployment
+of one backend does not need the others' libraries to start.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from codalab_scaler.backends.base import Backend, WorkerCredentials
+from codalab_scaler.settings import (
+    AwsBatchBackendSettings,
+    LocalBackendSettings,
+    PoolSettings,
+    SlurmBatchBackendSettings,
+)
 
-from codalab_scaler.backends.base import Backend
-from codalab_scaler.settings import LocalBackendSettings, PoolSettings
-
-__all__ = ["Backend", "create_backend"]
+__all__ = ["Backend", "WorkerCredentials", "create_backend"]
 
 
 def create_backend(
-    pool: str, settings: PoolSettings, server: str, worker_env: Mapping[str, str]
+    pool: str, settings: PoolSettings, server: str, credentials: WorkerCredentials
 ) -> Backend:
     """Build the backend a pool's settings name.
 
-    ``worker_env`` is the environment a worker needs to reach CodaLab
-    (credentials); each backend decides how to hand it over safely.
+    ``credentials`` are what a worker needs to reach CodaLab; each backend
+    decides how to hand them over safely.
     """
     backend = settings.backend
     options = settings.worker_options(server)
     if isinstance(backend, LocalBackendSettings):
         from codalab_scaler.backends.local import LocalBackend
 
-        return LocalBackend(pool, options, backend.state_dir, env=worker_env)
+        return LocalBackend(pool, options, backend.state_dir, env=credentials.env())
+    if isinstance(backend, AwsBatchBackendSettings):
+        from codalab_scaler.backends.aws_batch import AwsBatchBackend
+
+        return AwsBatchBackend(pool, options, backend, credentials)
+    if isinstance(backend, SlurmBatchBackendSettings):
+        from codalab_scaler.backends.slurm import SlurmBatchBackend
+
+        return SlurmBatchBackend(pool, options, backend, credentials)
     raise AssertionError(f"no backend for {backend!r}")  # pragma: no cover - settings validated

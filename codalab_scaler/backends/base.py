@@ -6,9 +6,16 @@ accepted launch as pending until its job id is listed or a timeout passes,
 so a backend must return from ``launch`` the same ``job_id`` it will later
 list.
 
+Failed starts: a job that ended before it ever served (failed to start, or
+vanished while pending) may be listed once with ``JobState.FAILED`` and a
+reason; the poller counts it, logs it and keeps it out of the capacity view.
+
 Idempotency: ``launch`` is called once per worker id and never retried by
 the scaler after the backend accepted it; a backend that retries internally
 must make sure one worker id starts at most one job.
+
+Dry run: ``describe_launch`` says what ``launch`` would submit (and may write
+local files such as a batch script) without touching the backend.
 
 Errors: raise ``TransientError`` for "try again" (connection, timeout, 5xx,
 throttling, controller down) and ``LaunchRefused`` for "no" (bad queue,
@@ -18,10 +25,28 @@ process so that its supervisor restarts it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from codalab_scaler.model import WorkerJob
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCredentials:
+    """What a worker needs to log in to CodaLab; each backend hands it over its own safe way.
+
+    ``password_file`` is the operator's two-line file when one was given
+    (``--password-file``); ``repr`` never shows the password.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    password_file: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"CODALAB_USERNAME": self.username, "CODALAB_PASSWORD": self.password}
 
 
 class Backend(Protocol):
@@ -33,6 +58,10 @@ class Backend(Protocol):
 
     async def launch(self, worker_id: str) -> str:
         """Start one worker with this id; return the backend's job id."""
+        ...
+
+    async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
+        """What ``launch`` would submit, for a dry run; never contains a credential."""
         ...
 
     async def aclose(self) -> None:

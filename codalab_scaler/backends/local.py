@@ -113,8 +113,7 @@ class LocalBackend:
         if existing is not None and self._alive(existing):
             log.warning("local.launch_duplicate", pool=self._pool, worker_id=worker_id)
             return job_id
-        work_dir = work_dir_for(self._options, worker_id, str(self._state_dir / "work"))
-        argv = resolve_hostname(build_command(self._options, worker_id, work_dir), self._hostname)
+        work_dir, argv = self._command(worker_id)
         self._prepare_dirs(Path(work_dir))
         child = self._spawn(worker_id, argv)
         stat = _proc_stat(child.pid)
@@ -133,9 +132,21 @@ class LocalBackend:
             worker_id=worker_id,
             job_id=job_id,
             pid=child.pid,
-            log_file=str(self._logs_dir / f"{worker_id}.log"),
+            log_file=str(self._log_path(worker_id)),
         )
         return job_id
+
+    async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
+        work_dir, argv = self._command(worker_id)
+        return {"argv": argv, "work_dir": work_dir, "log_file": str(self._log_path(worker_id))}
+
+    def _command(self, worker_id: str) -> tuple[str, list[str]]:
+        work_dir = work_dir_for(self._options, worker_id, str(self._state_dir / "work"))
+        argv = resolve_hostname(build_command(self._options, worker_id, work_dir), self._hostname)
+        return work_dir, argv
+
+    def _log_path(self, worker_id: str) -> Path:
+        return self._logs_dir / f"{worker_id}.log"
 
     async def aclose(self) -> None:
         """Nothing to release: workers keep running and the records stay for the next instance."""
@@ -159,7 +170,7 @@ class LocalBackend:
     # -- processes ---------------------------------------------------------
 
     def _spawn(self, worker_id: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log_path = self._logs_dir / f"{worker_id}.log"
+        log_path = self._log_path(worker_id)
         try:
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except PermissionError as exc:

@@ -1,0 +1,116 @@
+"""Each backend's settings (``pools.<name>.backend``), told apart by ``kind``.
+
+Defaults are the original ``cl-worker-manager`` subcommands' where it had
+the flag.  A backend's settings name only what that backend needs; the
+worker command itself comes from the pool settings.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "codalab-scaler"
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
+        return ""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalBackendSettings(_Strict):
+    """Workers as child processes of the scaler (the embedded default)."""
+
+    kind: Literal["local"] = "local"
+    cpus: PositiveInt = 1
+    gpus: NonNegativeInt = 0
+    memory_mb: PositiveInt = 2048
+    state_dir: Path = Field(default_factory=default_state_dir)
+
+
+class AwsBatchBackendSettings(_Strict):
+    """Workers as AWS Batch jobs (subcommand ``aws-batch``)."""
+
+    kind: Literal["aws-batch"] = "aws-batch"
+    region: str = "us-east-1"
+    job_definition_name: str = "codalab-worker"
+    cpus: PositiveInt = 1
+    gpus: NonNegativeInt = 0
+    memory_mb: PositiveInt = 2048
+    user: str = "root"
+    job_queue: str = "codalab-batch-cpu"
+    job_filter: str | None = None
+    endpoint_url: str | None = None
+    image: str = Field(
+        default_factory=lambda: "codalab/worker:" + os.environ.get("CODALAB_VERSION", "latest")
+    )
+    password_secret_arn: str | None = None
+    allow_plaintext_password: bool = False
+
+    @field_validator("job_filter")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _password_handover(self) -> AwsBatchBackendSettings:
+        if self.password_secret_arn is None and not self.allow_plaintext_password:
+            raise ValueError(
+                "password_secret_arn: required (a Secrets Manager or SSM parameter ARN); "
+                "allow_plaintext_password puts the password in the job definition instead"
+            )
+        return self
+
+
+class SlurmBatchBackendSettings(_Strict):
+    """Workers as Slurm batch jobs (subcommand ``slurm-batch``)."""
+
+    kind: Literal["slurm-batch"] = "slurm-batch"
+    partition: str
+    job_name: str = "codalab-slurm-worker"
+    nodelist: str = ""
+    exclude: str = ""
+    cpus: PositiveInt = 1
+    gpus: NonNegativeInt = 1
+    gpu_type: str | None = None
+    constraint: str | None = None
+    memory_mb: PositiveInt = 2048
+    time: str = "10-0"
+    account: str | None = None
+    user: str = Field(default_factory=current_user)
+    slurm_work_dir: Path = Path("slurm-worker-scratch")
+
+
+BackendSettings = Annotated[
+    LocalBackendSettings | AwsBatchBackendSettings | SlurmBatchBackendSettings,
+    Field(discriminator="kind"),
+]
