@@ -21,6 +21,7 @@ from codalab_scaler.decision import Decision, Policy, Reason, count
 from codalab_scaler.model import Snapshot
 
 PREFIX = "codalab_scaler"
+LAUNCH_OUTCOMES = ("launched", "refused", "failed", "dry_run")
 
 
 class Metrics:
@@ -79,6 +80,26 @@ class Metrics:
         )
         self.build = Info(f"{PREFIX}_build", "Version of codalab-scaler.", registry=registry)
         self.build.info({"version": __version__, "python": platform.python_version()})
+
+    def init_pool(self, pool: str) -> None:
+        """Export every labelled counter of ``pool`` at 0 from the start.
+
+        A series that appears only on its first increment makes ``rate()`` and
+        ``increase()`` miss that increment and alerts read "no data" as "fine".
+        """
+        for outcome in LAUNCH_OUTCOMES:
+            self.launches.labels(pool=pool, outcome=outcome)
+        for reason in Reason:
+            self.decisions.labels(pool=pool, reason=reason.value)
+        for source in ("bundles", "jobs"):
+            self.poll_duration.labels(pool=pool, source=source)
+            for kind in ("transient", "refused"):
+                self.poll_errors.labels(pool=pool, source=source, kind=kind)
+        self.retries.labels(peer="backend", pool=pool)
+        self.retries.labels(peer="codalab", pool="")
+        self.malformed.labels(pool=pool)
+        self.in_flight_expired.labels(pool=pool)
+        self.failed_starts.labels(pool=pool)
 
     def retry_hook(self, peer: str, pool: str = "") -> Callable[[str, BaseException], None]:
         counter = self.retries.labels(peer=peer, pool=pool)

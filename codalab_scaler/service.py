@@ -100,6 +100,7 @@ class Service:
                 else create_backend(name, pool, settings.server, credentials)
             )
             closers.append(backend.aclose)
+            metrics.init_pool(name)
             pools[name] = PoolRuntime(
                 name=name,
                 policy=settings.policy(name),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from codalab_scaler.app import make_app, serve
 from codalab_scaler.service import Service
@@ -144,3 +144,22 @@ async def test_a_signal_during_a_slow_login_still_exits_0() -> None:
     asyncio.get_running_loop().call_later(0.1, stop.set)
     async with asyncio.timeout(5):
         assert await serve(service, "127.0.0.1", 0, stop=stop) == 0
+
+
+async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
+    """Alerts on rate()/increase() need the series before the first event."""
+    registry = CollectorRegistry()
+    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"gpu": {}}})
+    Service.build(
+        settings, registry=registry, bundles=FakeBundles(), backends={"gpu": FakeBackend()}
+    )
+    text = generate_latest(registry).decode()
+    for line in (
+        'codalab_scaler_launches_total{outcome="refused",pool="gpu"} 0.0',
+        'codalab_scaler_decisions_total{pool="gpu",reason="at_max"} 0.0',
+        'codalab_scaler_poll_errors_total{kind="transient",pool="gpu",source="jobs"} 0.0',
+        'codalab_scaler_failed_starts_total{pool="gpu"} 0.0',
+        'codalab_scaler_retries_total{peer="backend",pool="gpu"} 0.0',
+        'codalab_scaler_poll_duration_seconds_count{pool="gpu",source="bundles"} 0.0',
+    ):
+        assert line in text
