@@ -62,6 +62,10 @@ __all__ = [
     "load_settings",
 ]
 
+BACKEND_KINDS = frozenset(
+    {LocalBackendSettings().kind, AwsBatchBackendSettings.model_fields["kind"].default,
+     SlurmBatchBackendSettings.model_fields["kind"].default}
+)  # fmt: skip
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -263,7 +267,16 @@ class Settings(BaseSettings):
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "config"
+    """``pools.gpu.backend.slurm-batch.partition`` -> ``pools.gpu.backend.partition``.
+
+    pydantic puts the union's tag into the path; the operator's file has no such level.
+    """
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (i > 0 and loc[i - 1] == "backend" and part in BACKEND_KINDS)
+    ]
+    return ".".join(parts) or "config"
 
 
 def format_errors(exc: ValidationError) -> list[str]:

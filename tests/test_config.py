@@ -217,3 +217,27 @@ def test_errors_never_echo_a_password(tmp_path: Path, capsys: pytest.CaptureFixt
 )
 def test_search_words_stop_at_the_backend_subcommand(argv: list[str], search: list[str]) -> None:
     assert load(argv).pools["default"].search == search
+
+
+def test_a_backend_error_names_the_field_as_the_operator_wrote_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODALAB_USERNAME", "u")
+    monkeypatch.setenv("CODALAB_PASSWORD", "p")
+    assert main(["slurm-batch", "--cpus", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "codalab-scaler: config error: pools.default.backend.partition: Field required",
+        "codalab-scaler: config error: pools.default.backend.cpus: Input should be greater than 0",
+    ]
+
+
+def test_a_backend_table_without_kind_is_local(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[pools.a.backend]\ncpus = 2\n[pools.b.backend]\nkind = "local"\n')
+    s = load_settings({"username": "u", "password": "p"}, config)
+    assert {name: pool.backend.kind for name, pool in s.pools.items()} == {
+        "a": "local",
+        "b": "local",
+    }
+    assert s.pools["a"].backend.cpus == 2
