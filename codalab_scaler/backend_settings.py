@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     field_validator,
     model_validator,
@@ -91,6 +92,10 @@ class AwsBatchBackendSettings(_Strict):
         return self
 
 
+_SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # job-name parts, shell- and squeue-safe
+_SLURM_VALUE = re.compile(r"[^\s'\"\\]+")  # one #SBATCH value: no blanks, quotes or backslashes
+
+
 class SlurmBatchBackendSettings(_Strict):
     """Workers as Slurm batch jobs (subcommand ``slurm-batch``)."""
 
@@ -108,6 +113,30 @@ class SlurmBatchBackendSettings(_Strict):
     account: str | None = None
     user: str = Field(default_factory=current_user)
     slurm_work_dir: Path = Path("slurm-worker-scratch")
+    command_timeout_seconds: PositiveFloat = 20
+
+    @field_validator("job_name")
+    @classmethod
+    def _job_name(cls, value: str) -> str:
+        if not _SLURM_NAME.fullmatch(value):
+            raise ValueError(f"must match {_SLURM_NAME.pattern} (it starts every job's name)")
+        return value
+
+    @field_validator(
+        "partition", "nodelist", "exclude", "gpu_type", "constraint", "time", "account"
+    )
+    @classmethod
+    def _sbatch_value(cls, value: str | None) -> str | None:
+        if value and not _SLURM_VALUE.fullmatch(value):
+            raise ValueError("must not contain blanks, quotes or backslashes (an #SBATCH value)")
+        return value
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must name a Slurm partition")
+        return value
 
 
 BackendSettings = Annotated[

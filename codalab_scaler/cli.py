@@ -117,7 +117,10 @@ async def run(settings: Settings) -> int:
     if settings.restart_after_seconds is not None:
         log.warning("config.ignored", setting="restart_after_seconds",
                     why="codalab-scaler holds no state that needs a periodic restart")  # fmt: skip
-    service = Service.build(settings)
+    try:
+        service = Service.build(settings)
+    except ConfigError as exc:  # a backend's own checks (e.g. a password file's mode)
+        return print_config_errors(exc)
     if settings.once:
         try:
             result = await service.run_once()

@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shared-memory-size-gb", type=int, default=1)
     parser.add_argument("--preemptible", action="store_true")
     parser.add_argument("--password-file", default=None)
+    parser.add_argument("--gpuset", default="ALL")  # accepted, as cl-worker; unused
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=0)
     parser.add_argument("--memory-bytes", type=int, default=2 * 1024**3)

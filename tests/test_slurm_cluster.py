@@ -1,0 +1,357 @@
+"""slurm-batch against a real single-node Slurm (2 CPUs) that this module starts and stops.
+
+In-process scenarios drive the real backend through the service's own
+poll/decide/launch steps (fake bundles, fake scaler clock); the last test runs
+the installed ``codalab-scaler slurm-batch`` executable against the CodaLab
+simulator, with the stand-in ``cl-worker`` running as Slurm jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import stat
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from codalab_scaler.backends import WorkerCredentials
+from codalab_scaler.backends.slurm import SlurmBatchBackend
+from codalab_scaler.model import JobState, WorkerJob
+from codalab_scaler.pollers import poll_bundles, poll_jobs
+from codalab_scaler.scaler import scale_pool
+from codalab_scaler.service import Service
+from codalab_scaler.settings import Settings
+from codalab_scaler.simulator import CodaLabSimulator
+from tests.fakes import FakeBundles, FakeClock
+from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture, slurm_fixture
+
+__all__ = ["slurm_cluster_fixture", "slurm_fixture"]  # the fixtures this module uses
+
+PASSWORD = "pw-slurm-Kx7!never-leaks"
+BIN = Path(sys.executable).parent
+
+
+def worker_executable(tmp_path: Path, body: str) -> Path:
+    """A cl-worker stand-in: records its environment and argv in its job's dir, then ``body``."""
+    path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}"
+    path.write_text(
+        f'#!/bin/sh\nenv > "$PWD/job.env"\nprintf "%s\\n" "$@" > "$PWD/job.args"\n{body}\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+class Scenario:
+    """A service whose only real peer is Slurm: fake bundles, a fake clock for the rules."""
+
+    def __init__(
+        self, cluster: SlurmCluster, tmp_path: Path, executable: Path, cpus: int = 1, **pool: Any
+    ) -> None:
+        top = {k: pool.pop(k) for k in list(pool) if k in Settings.model_fields}
+        self.job_name = f"t{uuid.uuid4().hex[:8]}"
+        self.settings = Settings.model_validate(
+            {
+                "username": "alice", "password": PASSWORD, "sleep_time": 1,
+                "retry_attempts": 1, **top,
+                "pools": {"p": {
+                    "min_workers": 0, "max_workers": 10, "min_seconds_between_workers": 0,
+                    "no_prefilter": True,
+                    "worker_executable": str(executable),
+                    "backend": {
+                        "kind": "slurm-batch", "partition": cluster.partition,
+                        "cpus": cpus, "gpus": 0, "memory_mb": 100, "job_name": self.job_name,
+                        "slurm_work_dir": str(tmp_path / "slurm"), "command_timeout_seconds": 5,
+                    },
+                    **pool,
+                }},
+            }
+        )  # fmt: skip
+        self.cluster = cluster
+        # The scaler's own environment holds the password: it must not reach the jobs.
+        self.env = {**cluster.env, "CODALAB_PASSWORD": PASSWORD, "CODALAB_USERNAME": "alice"}
+        self.backend = self.new_backend()
+        self.clock = FakeClock()
+        self.bundles = FakeBundles()
+        self.registry = CollectorRegistry()
+        self.service = Service.build(
+            self.settings, registry=self.registry, clock=self.clock, bundles=self.bundles,
+            backends={"p": self.backend},
+        )  # fmt: skip
+        self.ctx = self.service.ctx
+        self.pool = self.ctx.pools["p"]
+
+    def new_backend(self) -> SlurmBatchBackend:
+        pool = self.settings.pools["p"]
+        assert pool.backend.kind == "slurm-batch"
+        options = pool.worker_options(self.settings.server)
+        creds = WorkerCredentials("alice", PASSWORD)
+        return SlurmBatchBackend("p", options, pool.backend, creds, env=self.env)
+
+    async def cycle(self) -> tuple[str, int]:
+        await poll_bundles(self.ctx, self.pool)
+        await poll_jobs(self.ctx, self.pool)
+        decision, launched = await scale_pool(self.ctx, self.pool)
+        return decision.reason.value, launched
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
+    """Poll ``check`` (Slurm has no events to wait on) until it holds; fail after ``within``."""
+    try:
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 - polling an outside system
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:g}s: {what}") from None
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def states(jobs: list[WorkerJob] | tuple[WorkerJob, ...]) -> list[JobState]:
+    return sorted(job.state for job in jobs)
+
+
+async def test_pending_then_running_extra_jobs_wait_and_restart_recovers(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    ids = [await s.backend.launch(uuid.uuid4().hex) for _ in range(3)]
+    first = list(await s.backend.list_jobs())
+    assert {job.job_id for job in first} == set(ids)
+    assert JobState.PENDING in states(first)  # a job is listed pending before it runs
+
+    async def two_run_one_waits() -> bool:
+        return states(list(await s.backend.list_jobs())) == [
+            JobState.ACTIVE, JobState.ACTIVE, JobState.PENDING,
+        ]  # fmt: skip
+
+    await until(two_run_one_waits, "2 running (2 CPUs), 1 pending")
+    # A new instance (a restarted scaler) finds the same jobs and workers by name.
+    before = sorted((j.job_id, j.worker_id, j.state) for j in await s.backend.list_jobs())
+    with capture_logs() as logs:
+        after = sorted((j.job_id, j.worker_id, j.state) for j in await s.new_backend().list_jobs())
+    assert after == before
+    assert sum(entry["event"] == "slurm.job_found" for entry in logs) == 3
+
+
+async def test_credentials_reach_the_worker_only_through_a_0600_file(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    worker_id = uuid.uuid4().hex
+    with capture_logs() as logs:
+        job_id = await s.backend.launch(worker_id)
+    job_dir = tmp_path / "slurm" / worker_id
+    env_dump = job_dir / "job.env"
+
+    async def dumped() -> bool:
+        return exists(env_dump) and exists(job_dir / "job.args")
+
+    await until(dumped, "the worker wrote its environment")
+    args = read(job_dir / "job.args").splitlines()
+    password_file = Path(args[args.index("--password-file") + 1])
+    assert mode(password_file) == 0o600
+    assert read(password_file) == f"alice\n{PASSWORD}\n"
+    assert f"SLURM_JOB_ID={job_id}" in read(env_dump)
+    script_text = read(job_dir / f"root-{s.job_name}-p-{worker_id}.slurm")
+    job_record = slurm.run("scontrol", "show", "job", "-dd", job_id)
+    for where in (read(env_dump), script_text, job_record, repr(logs)):
+        assert PASSWORD not in where
+        assert "CODALAB_PASSWORD" not in where
+
+
+async def test_scaler_stops_at_max_and_when_pending_covers_staged(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    sleeper = worker_executable(tmp_path, "exec sleep 120")
+    s = Scenario(slurm, tmp_path, sleeper, max_workers=3, max_launches_per_pass=5)
+    s.bundles.stage(5)
+    assert await s.cycle() == ("staged_work", 3)
+    assert await s.cycle() == ("at_max", 0)
+    assert len(await s.backend.list_jobs()) == 3
+    slurm.scancel_all()
+
+    # Workers of 2 CPUs: one runs, the next waits for the node; pending 1 covers staged 1.
+    s = Scenario(slurm, tmp_path / "b", sleeper, cpus=2)
+    s.bundles.stage(1, cpus=2)
+    assert await s.cycle() == ("staged_work", 1)
+
+    async def running() -> bool:
+        return states(list(await s.backend.list_jobs())) == [JobState.ACTIVE]
+
+    await until(running, "the first worker runs")
+    assert await s.cycle() == ("staged_work", 1)  # active workers do not cover staged work
+    reason, launched = await s.cycle()
+    assert (reason, launched) == ("pending_covers_staged", 0)
+    snapshot = s.ctx.state.snapshot.pools["p"].jobs.value
+    assert snapshot is not None
+    assert states(snapshot) == [JobState.ACTIVE, JobState.PENDING]
+
+
+async def test_a_worker_that_exits_non_zero_is_a_failed_start_and_the_limit_ends_the_service(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    s = Scenario(
+        slurm, tmp_path, worker_executable(tmp_path, "exit 3"),
+        exit_after_num_failed=2, max_launches_per_pass=2,
+    )  # fmt: skip
+    s.bundles.stage(2)
+    with capture_logs() as logs:
+        assert await s.cycle() == ("staged_work", 2)
+
+        async def halted() -> bool:
+            await poll_jobs(s.ctx, s.pool)
+            return s.service.fatal.is_set()
+
+        await until(halted, "two failed starts end the service")
+    assert s.sample("codalab_scaler_failed_starts_total", pool="p") == 2
+    failed = [entry for entry in logs if entry["event"] == "worker.failed_start"]
+    assert len(failed) == 2
+    assert all(entry["reason"].startswith("FAILED (NonZeroExitCode)") for entry in failed)
+    assert s.service.fatal_reason == "jobs:p: 2 workers failed to start (limit 2)"
+
+
+async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    s.bundles.stage(3)
+    assert await s.cycle() == ("staged_work", 1)
+    slurm.stop_controller()
+    s.clock.advance(10)  # past the staleness limit (3 x sleep_time)
+    with capture_logs() as logs:
+        assert await s.cycle() == ("stale_view", 0)
+        assert await s.cycle() == ("stale_view", 0)
+    assert s.sample("codalab_scaler_observation_ok", pool="p", source="jobs") == 0
+    failures = [e for e in logs if e["event"] == "poll.failed" and e["source"] == "jobs"]
+    assert failures
+    assert failures[0]["kind"] == "transient"
+    assert s.sample("codalab_scaler_launches_total", pool="p", outcome="launched") == 1
+
+    slurm.start_controller()
+
+    async def recovered() -> bool:
+        return await poll_jobs(s.ctx, s.pool)
+
+    await until(recovered, "squeue answers again")
+    assert s.sample("codalab_scaler_observation_ok", pool="p", source="jobs") == 1
+    assert await s.cycle() == ("staged_work", 1)
+    assert len(await s.backend.list_jobs()) == 2  # the job from before the outage is still known
+
+
+async def test_dry_run_writes_the_script_and_submits_nothing(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"), dry_run=True)
+    s.bundles.stage(1)
+    with capture_logs() as logs:
+        assert await s.cycle() == ("staged_work", 0)  # a dry run launches nothing
+    would = next(e for e in logs if e["event"] == "scaler.dry_run_launch")["would"]
+    script_text = read(Path(would["script"]))
+    assert f"#SBATCH --job-name={would['job_name']}" in script_text
+    assert would["sbatch"][-1] == would["script"]
+    assert not any(name.startswith(f"root-{s.job_name}") for _, name in slurm.jobs().values())
+    assert not exists(Path(would["password_file"]))
+    assert PASSWORD not in repr(logs) + script_text
+
+
+# -- end to end: the executable, the CodaLab simulator and Slurm ----------------------
+
+
+@pytest.mark.process
+async def test_executable_scales_slurm_workers_for_staged_bundles(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    sim = CodaLabSimulator(users={"codalab": PASSWORD})
+    await sim.start()
+    for _ in range(3):
+        sim.add_bundle(duration=600)
+    env = {k: v for k, v in slurm.env.items() if not k.startswith(("CODALAB_", "XDG_"))}
+    env.update({"CODALAB_USERNAME": "codalab", "CODALAB_PASSWORD": PASSWORD})
+    job_name = f"e2e{uuid.uuid4().hex[:6]}"
+    argv = [
+        str(BIN / "codalab-scaler"), "--server", sim.url, "--sleep-time", "0.5",
+        "--min-workers", "0", "--max-workers", "2", "--min-seconds-between-workers", "0",
+        "--no-prefilter", "--worker-executable", str(BIN / "codalab-sim-worker"),
+        "--http-host", "127.0.0.1", "--http-port", "0", "--log-format", "json",
+        "slurm-batch", "--partition", slurm.partition, "--gpus", "0", "--memory-mb", "100",
+        "--job-name", job_name, "--slurm-work-dir", str(tmp_path / "slurm"),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    lines: list[dict[str, Any]] = []
+    raw: list[str] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            raw.append(line.decode(errors="replace"))
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+
+    reader = asyncio.create_task(read())
+
+    async def logged(event: str, **fields: Any) -> dict[str, Any]:
+        async with asyncio.timeout(30):
+            while True:
+                for line in lines:
+                    if line.get("event") == event and all(
+                        line.get(k) == v for k, v in fields.items()
+                    ):
+                        return line
+                assert proc.returncode is None, "".join(raw)
+                await asyncio.sleep(0.1)
+
+    try:
+        port = (await logged("http.listening"))["port"]
+        await logged("scaler.decided", reason="at_max", active=2)
+
+        async def workers_registered() -> bool:
+            return len(sim.workers) == 2
+
+        await until(workers_registered, "both Slurm workers checked in with CodaLab", 30)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert 'codalab_scaler_worker_jobs{pool="default",state="active"} 2.0' in metrics
+        assert 'codalab_scaler_launches_total{outcome="launched",pool="default"} 2.0' in metrics
+        jobs = [name for _, name in slurm.jobs().values() if name.startswith(f"root-{job_name}-")]
+        assert len(jobs) == 2
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+        await reader
+        assert PASSWORD not in "".join(raw) + metrics
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await sim.stop()
