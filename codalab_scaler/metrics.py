@@ -12,7 +12,7 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -28,6 +28,9 @@ class Metrics:
     """Every event metric of the service, registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # No *_created series: Prometheus stores each as one more gauge per label set,
+        # and nothing here reads them (process-wide switch; this process is the scaler).
+        disable_created_metrics()
         self.registry = registry
         self.launches = Counter(
             f"{PREFIX}_launches",

@@ -17,7 +17,7 @@ log = structlog.get_logger()
 
 
 def _launched(at: float, flight: InFlightLaunch | None = None) -> Callable[[PoolState], PoolState]:
-    """Record a launch (a dry run has no in-flight job): it starts the cooldown."""
+    """Record a launch attempt (only an accepted one is in flight): it starts the cooldown."""
     added = () if flight is None else (flight,)
     return lambda s: replace(s, in_flight=(*s.in_flight, *added), last_launch_at=at)
 
@@ -68,10 +68,14 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
         except LaunchRefused as exc:
             ctx.metrics.launches.labels(pool=pool.name, outcome="refused").inc()
             log.error("scaler.launch_refused", pool=pool.name, worker_id=worker_id, error=str(exc))
+            # The cooldown applies to an attempt, as the original's (whose backends
+            # mostly log and return): a refusing backend is not asked every pass.
+            ctx.state.update(pool.name, _launched(ctx.clock()))
             break
         except TransientError as exc:
             ctx.metrics.launches.labels(pool=pool.name, outcome="failed").inc()
             log.warning("scaler.launch_failed", pool=pool.name, worker_id=worker_id, error=str(exc))
+            ctx.state.update(pool.name, _launched(ctx.clock()))
             break
         at = ctx.clock()
         flight = InFlightLaunch(job_id=job_id, worker_id=worker_id, launched_at=at)

@@ -359,3 +359,15 @@ async def test_too_many_failed_starts_end_the_process_with_a_failure() -> None:
     await h.poll()
     assert h.service.fatal.is_set()
     assert h.service.fatal_reason == "jobs:p: 2 workers failed to start (limit 2)"
+
+
+@pytest.mark.parametrize("error", [LaunchRefused("no such queue"), TransientError("503")])
+async def test_a_failed_launch_attempt_starts_the_cooldown(error: Exception) -> None:
+    h = Harness(min_seconds_between_workers=60)
+    h.bundles.stage(1)
+    h.backend.launch_error = error
+    assert await h.cycle() == ("staged_work", 0)
+    h.backend.launch_error = None
+    assert await h.cycle() == ("cooldown", 0)
+    h.clock.advance(60)
+    assert await h.cycle() == ("staged_work", 1)

@@ -163,3 +163,12 @@ async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
         'codalab_scaler_poll_duration_seconds_count{pool="gpu",source="bundles"} 0.0',
     ):
         assert line in text
+
+
+async def test_no_created_series_are_exported() -> None:
+    registry = CollectorRegistry()
+    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"gpu": {}}})
+    Service.build(
+        settings, registry=registry, bundles=FakeBundles(), backends={"gpu": FakeBackend()}
+    )
+    assert "_created" not in generate_latest(registry).decode()
