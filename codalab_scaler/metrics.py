@@ -12,7 +12,14 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -81,6 +88,9 @@ class Metrics:
             ["pool"],
             registry=registry,
         )
+        # Memory, CPU, open files and start time of the scaler itself (restarts show
+        # as changes of process_start_time_seconds).
+        ProcessCollector(registry=registry)
         self.build = Info(f"{PREFIX}_build", "Version of codalab-scaler.", registry=registry)
         self.build.info({"version": __version__, "python": platform.python_version()})
 
