@@ -54,7 +54,11 @@ class LocalBackendSettings(_Strict):
 
 
 class AwsBatchBackendSettings(_Strict):
-    """Workers as AWS Batch jobs (subcommand ``aws-batch``)."""
+    """Workers as AWS Batch jobs (subcommand ``aws-batch``).
+
+    Job names are ``<job_name_prefix>-<pool>-<worker id>`` (at most 128
+    characters: the prefix is kept short enough for the longest pool name).
+    """
 
     kind: Literal["aws-batch"] = "aws-batch"
     region: str = "us-east-1"
@@ -65,12 +69,25 @@ class AwsBatchBackendSettings(_Strict):
     user: str = "root"
     job_queue: str = "codalab-batch-cpu"
     job_filter: str | None = None
+    job_name_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,29}$")] = (
+        "codalab-scaler"
+    )
     endpoint_url: str | None = None
     image: str = Field(
         default_factory=lambda: "codalab/worker:" + os.environ.get("CODALAB_VERSION", "latest")
     )
     password_secret_arn: str | None = None
     allow_plaintext_password: bool = False
+    execution_role_arn: str | None = None
+    connect_timeout_seconds: PositiveFloat = 10
+    read_timeout_seconds: PositiveFloat = 30
+
+    @field_validator("job_definition_name")
+    @classmethod
+    def _definition_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", value):
+            raise ValueError("must be 1-128 letters, digits, '-' or '_', starting alphanumeric")
+        return value
 
     @field_validator("job_filter")
     @classmethod
@@ -87,7 +104,7 @@ class AwsBatchBackendSettings(_Strict):
         if self.password_secret_arn is None and not self.allow_plaintext_password:
             raise ValueError(
                 "password_secret_arn: required (a Secrets Manager or SSM parameter ARN); "
-                "allow_plaintext_password puts the password in the job definition instead"
+                "allow_plaintext_password puts the password in each job's overrides instead"
             )
         return self
 

@@ -306,7 +306,29 @@ def _aws_batch_flags(p: argparse.ArgumentParser) -> None:
         "--allow-plaintext-password",
         action="store_true",
         default=S,
-        help="Without --password-secret-arn, put the password in the job (insecure)",
+        help="Without --password-secret-arn, put the password in each job's overrides (insecure)",
+    )
+    add(
+        "--job-name-prefix",
+        default=S,
+        help="Jobs are named <prefix>-<pool>-<worker id>" + d("job_name_prefix"),
+    )
+    add(
+        "--execution-role-arn",
+        default=S,
+        help="IAM role AWS Batch uses to read --password-secret-arn",
+    )
+    add(
+        "--connect-timeout-seconds",
+        type=float,
+        default=S,
+        help="Connect timeout of one AWS request" + d("connect_timeout_seconds"),
+    )
+    add(
+        "--read-timeout-seconds",
+        type=float,
+        default=S,
+        help="Read timeout of one AWS request" + d("read_timeout_seconds"),
     )
 
 

@@ -37,7 +37,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # No *_created series: Prometheus stores each as one more gauge per label set,
         # and nothing here reads them (process-wide switch; this process is the scaler).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = registry
         self.launches = Counter(
             f"{PREFIX}_launches",
