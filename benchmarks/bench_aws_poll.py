@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import time
 import tracemalloc
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 import aiobotocore
 from aiohttp import web
 
-from codalab_scaler import __version__
+from benchmarks.report import write_report
 from codalab_scaler.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.backends.aws_batch import AwsBatchBackend
 from codalab_scaler.backends.base import WorkerCredentials
@@ -131,19 +129,13 @@ def main() -> None:
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(key, value)
     results = [asyncio.run(bench(args.jobs, size, args.rounds)) for size in args.page_sizes]
-    report = {
-        "benchmark": "aws_poll",
-        "version": __version__,
-        "aiobotocore": aiobotocore.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "peer": "stub AWS Batch (aiohttp on loopback), real aiobotocore client",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(
+        "aws_poll",
+        results,
+        args.out,
+        aiobotocore=aiobotocore.__version__,
+        peer="stub AWS Batch (aiohttp on loopback), real aiobotocore client",
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from codalab_scaler import __version__
+from benchmarks.report import write_report
 from codalab_scaler.codalab import CodaLabClient, Credentials, staged_keywords
 from codalab_scaler.codalab.jsonapi import parse_bundles
 from codalab_scaler.decision import Policy, decide
@@ -127,17 +126,7 @@ def main() -> None:
     results = [
         {**asyncio.run(bench_fetch(n, args.page_size)), **bench_parse(n)} for n in args.sizes
     ]
-    report = {
-        "benchmark": "poll",
-        "version": __version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("poll", results, args.out)
 
 
 if __name__ == "__main__":
