@@ -97,6 +97,8 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
                 None if state.last_launch_at is None else round(now - state.last_launch_at, 3)
             ),
             "decision": _decision(ctx.decisions.get(name)),
+            "failed_starts": ctx.failed_starts.get(name, 0),
+            "exit_after_num_failed": ctx.pools[name].exit_after_num_failed,
         }
     return {
         "healthy": health.ok,

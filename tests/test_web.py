@@ -70,6 +70,7 @@ async def test_healthy_service_answers_200_and_status(client_for: Any) -> None:
     assert pool["bundles"]["staged_count"] == 2
     assert pool["decision"]["reason"] in {"below_min", "staged_work", "pending_covers_staged"}
     assert pool["policy"]["min_workers"] == 1
+    assert (pool["failed_starts"], pool["exit_after_num_failed"]) == (0, None)
     resp = await client.get("/metrics")
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
