@@ -84,7 +84,7 @@ class Metrics:
         )
         self.failed_starts = Counter(
             f"{PREFIX}_failed_starts",
-            "Worker jobs that ended before they ever served (failed to start, vanished pending).",
+            "Worker jobs that ended failed (non-zero exit, failed by the backend) or never ran.",
             ["pool"],
             registry=registry,
         )

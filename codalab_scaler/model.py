@@ -18,9 +18,10 @@ T = TypeVar("T")
 class JobState(enum.StrEnum):
     """What a backend's job means for capacity: booting (pending) or serving (active).
 
-    ``FAILED`` is a report, not capacity: a job that ended before it ever
-    served (failed to start, or vanished while pending).  A backend lists
-    such a job once; the jobs poller counts it and keeps it out of the view.
+    ``FAILED`` is a report, not capacity: a job that ended failed (the
+    worker exited non-zero, or the backend failed it) or vanished before it
+    ran.  A backend lists such a job once; the jobs poller counts it as a
+    failed start and keeps it out of the view.
     """
 
     PENDING = "pending"

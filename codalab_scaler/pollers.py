@@ -126,7 +126,7 @@ async def _list_jobs(ctx: Context, pool: PoolRuntime) -> Sequence[WorkerJob]:
 
 
 def _failed_starts(ctx: Context, pool: PoolRuntime, failed: Sequence[WorkerJob]) -> None:
-    """Count jobs that ended before they served; past the pool's limit the process ends."""
+    """Count jobs that ended failed; past the pool's limit the process ends."""
     if not failed:
         return
     total = ctx.failed_starts.get(pool.name, 0) + len(failed)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,14 @@ class MotoServer:
 
 
 @contextlib.contextmanager
-def running_moto_server(ready_within: float = 30.0) -> Iterator[MotoServer]:
+def running_moto_server(
+    ready_within: float = 30.0, env: Mapping[str, str] | None = None
+) -> Iterator[MotoServer]:
+    """``env``: extra environment for the server (e.g. ``DOCKER_HOST``), on top of this one's."""
     port = free_port()
     proc = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+        env=None if env is None else {**os.environ, **env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -6,9 +6,11 @@ accepted launch as pending until its job id is listed or a timeout passes,
 so a backend must return from ``launch`` the same ``job_id`` it will later
 list.
 
-Failed starts: a job that ended before it ever served (failed to start, or
-vanished while pending) may be listed once with ``JobState.FAILED`` and a
-reason; the poller counts it, logs it and keeps it out of the capacity view.
+Failed starts: a job that ended failed (the worker exited non-zero, or the
+backend failed it) or vanished before it ran may be listed once with
+``JobState.FAILED`` and a reason; the poller counts it, logs it and keeps it
+out of the capacity view.  Report it whether or not a poll saw it running:
+a worker that crashes within one poll interval must count all the same.
 
 Idempotency: ``launch`` is called once per worker id and never retried by
 the scaler after the backend accepted it; a backend that retries internally

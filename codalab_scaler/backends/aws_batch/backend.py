@@ -13,8 +13,11 @@ STARTING are pending; RUNNING is active), concurrently, each following
 filter is given and would return every finished job of the retention
 period too; names are matched here instead (``spec.JobNames``, then
 ``job_filter``).  Counts come from the queue alone, so a restarted scaler
-sees what an earlier one launched.  A job this instance saw pending that
-ended FAILED without being seen RUNNING is reported once as a failed start.
+sees what an earlier one launched.  A job this instance listed that ended
+FAILED (the worker exited non-zero, or Batch failed it), or vanished before
+it was seen running, is reported once as a failed start, as Slurm's are:
+not only when a poll happened to see it pending, so a worker that crashes
+within one poll interval is counted all the same.
 
 Credentials: the standard AWS chain (environment, profile, instance role);
 neither they nor the worker's password are logged.
@@ -84,7 +87,8 @@ class AwsBatchBackend:
         self._client_lock = asyncio.Lock()
         self._definition_lock = asyncio.Lock()
         self._definition_arn: str | None = None
-        self._unstarted: dict[str, str] = {}  # job id -> worker id: seen pending, never running
+        # job id -> (worker id, seen running): the live jobs this instance listed
+        self._live: dict[str, tuple[str, bool]] = {}
         quiet_sdk_debug_logs()
         self._warn_about_settings()
 
@@ -158,31 +162,39 @@ class AwsBatchBackend:
         raise TransientError(f"AWS Batch list_jobs: more than {MAX_PAGES} pages of {status} jobs")
 
     async def _failed_starts(self, api: BatchClient, jobs: list[WorkerJob]) -> list[WorkerJob]:
-        """Jobs seen pending that left the listing without running and ended FAILED."""
+        """Jobs listed before that left the listing and ended FAILED (or vanished unstarted)."""
         listed = {job.job_id for job in jobs}
-        gone = [job_id for job_id in self._unstarted if job_id not in listed]
+        gone = [job_id for job_id in self._live if job_id not in listed]
         described: dict[str, Mapping[str, Any]] = {}
         for start in range(0, len(gone), DESCRIBE_CHUNK):
             with translate("describe_jobs"):
                 answer = await api.describe_jobs(jobs=gone[start : start + DESCRIBE_CHUNK])
             described.update({job["jobId"]: job for job in answer.get("jobs", [])})
+        live = {
+            j.job_id: (j.worker_id, j.state is JobState.ACTIVE or self._ran(j.job_id)) for j in jobs
+        }
         failed: list[WorkerJob] = []
-        unstarted = {j.job_id: j.worker_id for j in jobs if j.state is JobState.PENDING}
         for job_id in gone:
+            worker_id, ran = self._live[job_id]
             job = described.get(job_id)
             status = None if job is None else job.get("status")
             if job is None:
+                if ran:
+                    continue  # served, then aged out of Batch's retention
                 reason = "vanished while pending"
             elif status == "FAILED":
-                reason = str(job.get("statusReason") or "FAILED")
-            elif status in spec.PENDING_STATUSES:  # the listing lags behind: still pending
-                unstarted[job_id] = self._unstarted[job_id]
+                reason = _failure_reason(job)
+            elif status in (*spec.PENDING_STATUSES, *spec.ACTIVE_STATUSES):
+                live[job_id] = (worker_id, ran or status in spec.ACTIVE_STATUSES)  # listing lags
                 continue
-            else:  # SUCCEEDED, or RUNNING between two polls: it served
+            else:  # SUCCEEDED: it served and exited cleanly
                 continue
-            failed.append(WorkerJob(job_id, JobState.FAILED, self._unstarted[job_id], reason))
-        self._unstarted = unstarted
+            failed.append(WorkerJob(job_id, JobState.FAILED, worker_id, reason))
+        self._live = live
         return failed
+
+    def _ran(self, job_id: str) -> bool:
+        return job_id in self._live and self._live[job_id][1]
 
     # -- launching ------------------------------------------------------------------------
 
@@ -256,3 +268,11 @@ class AwsBatchBackend:
         await self._stack.aclose()
         if self._owns_client:
             self._client = None
+
+
+def _failure_reason(job: Mapping[str, Any]) -> str:
+    """Batch's reason, with the worker's exit code when its container ran."""
+    reason = str(job.get("statusReason") or "FAILED")
+    container = job.get("container")
+    exit_code = container.get("exitCode") if isinstance(container, Mapping) else None
+    return reason if exit_code is None else f"{reason} (exit code {exit_code})"
