@@ -231,9 +231,18 @@ async def test_an_exited_worker_is_reaped_logged_and_forgotten(rig: Rig) -> None
     assert [job.worker_id for job in await backend.list_jobs()] == ["w1"]
 
     (rig.record_dir / "release").touch()
-    with capture_logs() as logs:
-        await eventually(lambda: _lists_nothing(backend))
+    listings: list[list[WorkerJob]] = []
 
+    async def gone() -> bool:
+        listings.append(list(await backend.list_jobs()))
+        return not listings[-1]
+
+    with capture_logs() as logs:
+        await eventually(gone)
+
+    # Exit status 3: reported once as a failed start, then forgotten.
+    failed = [job for listing in listings for job in listing if job.state is JobState.FAILED]
+    assert failed == [WorkerJob("local-w1", JobState.FAILED, "w1", "exited with status 3")]
     assert not rig.record_path("w1").exists()
     assert proc_stat(pid) is None  # reaped: no zombie left behind
     exited = [e for e in logs if e["event"] == "local.worker_exited"]

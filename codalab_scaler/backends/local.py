@@ -97,8 +97,11 @@ class LocalBackend:
         for record in records:
             if self._alive(record):
                 jobs.append(WorkerJob(record.job_id, JobState.ACTIVE, record.worker_id))
-            else:
-                self._forget(record)
+                continue
+            returncode = self._forget(record)
+            if returncode is not None and returncode > 0:  # a signal is a stop, not a failure
+                reason = f"exited with status {returncode}"
+                jobs.append(WorkerJob(record.job_id, JobState.FAILED, record.worker_id, reason))
         listed = {record.worker_id for record in records}
         for worker_id, child in list(self._children.items()):  # record removed by someone else
             if worker_id not in listed and child.poll() is not None:
@@ -200,8 +203,11 @@ class LocalBackend:
         stat = _proc_stat(record.pid)
         return stat is not None and stat[1] == record.start_time and stat[0] not in ("Z", "X")
 
-    def _forget(self, record: _Record) -> None:
-        """The worker exited: reap it if it is ours to reap, drop its record, say so."""
+    def _forget(self, record: _Record) -> int | None:
+        """The worker exited: reap it if it is ours to reap, drop its record, say so.
+
+        Returns its exit status when known (a worker this process started or can reap).
+        """
         child = self._children.get(record.worker_id)
         if child is not None and child.pid == record.pid:
             returncode = child.poll()
@@ -216,6 +222,7 @@ class LocalBackend:
             pid=record.pid,
             returncode=returncode,
         )
+        return returncode
 
     @staticmethod
     def _reap_foreign(record: _Record) -> int | None:
