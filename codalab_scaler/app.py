@@ -10,15 +10,20 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from codalab_scaler.errors import LoginRefused
+from codalab_scaler.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, LoginRefused
 from codalab_scaler.service import Service
 from codalab_scaler.web import SERVICE, add_routes
 
 log = structlog.get_logger()
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "make_app", "refused_login", "serve"]
+
+
+async def refused_login(service: Service, exc: LoginRefused) -> int:
+    """A wrong password: say so, stop what started, exit 2 (a restart would not help)."""
+    log.error("codalab.login_refused", error=str(exc))
+    await service.stop()
+    return EXIT_CONFIG
 
 
 def make_app(service: Service) -> web.Application:
@@ -84,9 +89,7 @@ async def _serve(
     try:
         login.result()
     except LoginRefused as exc:
-        log.error("codalab.login_refused", error=str(exc))
-        await service.stop()
-        return EXIT_CONFIG
+        return await refused_login(service, exc)
     # Bind before any loop starts: a port in use must not leave workers launched behind it.
     try:
         sock = socket.create_server((host, port))

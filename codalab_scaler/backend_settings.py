@@ -39,11 +39,13 @@ def current_user() -> str:
         return ""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Settings that reject unknown keys and never change once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LocalBackendSettings(_Strict):
+class LocalBackendSettings(StrictModel):
     """Workers as child processes of the scaler (the embedded default)."""
 
     kind: Literal["local"] = "local"
@@ -53,7 +55,7 @@ class LocalBackendSettings(_Strict):
     state_dir: Path = Field(default_factory=default_state_dir)
 
 
-class AwsBatchBackendSettings(_Strict):
+class AwsBatchBackendSettings(StrictModel):
     """Workers as AWS Batch jobs (subcommand ``aws-batch``).
 
     Job names are ``<job_name_prefix>-<pool>-<worker id>`` (at most 128
@@ -113,7 +115,7 @@ _SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # job-name parts, shell
 _SLURM_VALUE = re.compile(r"[^\s'\"\\]+")  # one #SBATCH value: no blanks, quotes or backslashes
 
 
-class SlurmBatchBackendSettings(_Strict):
+class SlurmBatchBackendSettings(StrictModel):
     """Workers as Slurm batch jobs (subcommand ``slurm-batch``)."""
 
     kind: Literal["slurm-batch"] = "slurm-batch"

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from codalab_scaler.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, serve
+from codalab_scaler.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refused_login, serve
 from codalab_scaler.errors import ConfigError, LoginRefused
 from codalab_scaler.flags import (
     BACKENDS,
@@ -125,9 +125,7 @@ async def run(settings: Settings) -> int:
         try:
             result = await service.run_once()
         except LoginRefused as exc:
-            log.error("codalab.login_refused", error=str(exc))
-            await service.stop()
-            return EXIT_CONFIG
+            return await refused_login(service, exc)
         await service.stop()
         if service.fatal.is_set():
             log.error("once.failed", problems=[service.fatal_reason])

@@ -40,6 +40,8 @@ class PoolRuntime:
     shape: WorkerShape
     prefilter: bool
     exit_after_num_failed: int | None = None
+    # Counts a retried backend call (codalab_scaler_retries_total{peer="backend"}).
+    on_retry: Callable[[str, BaseException], None] = lambda _source, _exc: None
 
 
 @dataclass(slots=True)

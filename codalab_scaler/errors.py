@@ -8,6 +8,11 @@ will not get better by retrying and are reported as such.
 
 from __future__ import annotations
 
+# Exit statuses of the codalab-scaler process.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a root loop died, too many failed starts, --once could not decide
+EXIT_CONFIG = 2  # bad configuration, wrong password, port in use: a restart will not help
+
 
 class ScalerError(Exception):
     """Base of every error the scaler raises on purpose."""

@@ -16,6 +16,7 @@ from typing import NoReturn
 from pydantic import BaseModel
 
 from codalab_scaler import __version__
+from codalab_scaler.errors import EXIT_CONFIG
 from codalab_scaler.settings import (
     AwsBatchBackendSettings,
     LocalBackendSettings,
@@ -24,18 +25,10 @@ from codalab_scaler.settings import (
     SlurmBatchBackendSettings,
 )
 
-EXIT_CONFIG = 2
-
 S = argparse.SUPPRESS
 
-# Flags that set the service as a whole; every other global flag belongs to the CLI's pool.
-GLOBAL_KEYS = frozenset(
-    {
-        "server", "verbose", "sleep_time", "once", "dry_run", "password_file", "http_host",
-        "http_port", "log_format", "staleness_seconds", "in_flight_timeout_seconds",
-        "temp_session", "restart_after_seconds", "request_timeout_seconds",
-    }
-)  # fmt: skip
+# A flag named after a service setting sets it; every other global flag belongs to the CLI's pool.
+GLOBAL_KEYS = frozenset(Settings.model_fields)
 # Backend subcommands and the settings model each one's flags fill.
 BACKENDS: dict[str, type[BaseModel]] = {
     "local": LocalBackendSettings,

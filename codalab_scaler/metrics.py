@@ -91,6 +91,7 @@ class Metrics:
         # Memory, CPU, open files and start time of the scaler itself (restarts show
         # as changes of process_start_time_seconds).
         ProcessCollector(registry=registry)
+        self.retries.labels(peer="codalab", pool="")  # one CodaLab client serves every pool
         self.build = Info(f"{PREFIX}_build", "Version of codalab-scaler.", registry=registry)
         self.build.info({"version": __version__, "python": platform.python_version()})
 
@@ -109,7 +110,6 @@ class Metrics:
             for kind in ("transient", "refused"):
                 self.poll_errors.labels(pool=pool, source=source, kind=kind)
         self.retries.labels(peer="backend", pool=pool)
-        self.retries.labels(peer="codalab", pool="")
         self.malformed.labels(pool=pool)
         self.in_flight_expired.labels(pool=pool)
         self.failed_starts.labels(pool=pool)

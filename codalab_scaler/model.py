@@ -82,15 +82,17 @@ class Observation(Generic[T]):
     value: T | None = None
     observed_at: float | None = None
     error: str | None = None
-    attempted_at: float | None = None
 
     def succeeded(self, value: T, now: float) -> Observation[T]:
-        return Observation(value=value, observed_at=now, error=None, attempted_at=now)
+        return Observation(value=value, observed_at=now, error=None)
 
-    def failed(self, error: str, now: float) -> Observation[T]:
-        return Observation(
-            value=self.value, observed_at=self.observed_at, error=error, attempted_at=now
-        )
+    def failed(self, error: str) -> Observation[T]:
+        return Observation(value=self.value, observed_at=self.observed_at, error=error)
+
+    @property
+    def attempted(self) -> bool:
+        """A poll has run (every poll ends in a success or an error)."""
+        return self.observed_at is not None or self.error is not None
 
     @property
     def ok(self) -> bool:

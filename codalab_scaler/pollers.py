@@ -48,9 +48,7 @@ def _failed(ctx: Context, pool: PoolRuntime, source: str, exc: ScalerError, star
     ctx.metrics.poll_duration.labels(pool=pool.name, source=source).observe(now - started)
 
     def mark(s: PoolState) -> PoolState:
-        if source == "bundles":
-            return replace(s, bundles=s.bundles.failed(error, now))
-        return replace(s, jobs=s.jobs.failed(error, now))
+        return replace(s, **{source: getattr(s, source).failed(error)})
 
     previous = _observation(ctx, pool, source).error
     ctx.state.update(pool.name, mark)
@@ -61,8 +59,9 @@ def _failed(ctx: Context, pool: PoolRuntime, source: str, exc: ScalerError, star
 
 
 def _observation(ctx: Context, pool: PoolRuntime, source: str) -> Observation[Any]:
-    state = ctx.state.snapshot.pools[pool.name]
-    return state.bundles if source == "bundles" else state.jobs
+    """The pool's observation of ``source``, which names its ``PoolState`` field."""
+    observation: Observation[Any] = getattr(ctx.state.snapshot.pools[pool.name], source)
+    return observation
 
 
 def _recovered(ctx: Context, pool: PoolRuntime, source: str, now: float) -> None:
@@ -156,7 +155,7 @@ async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:
                 "backend",
                 lambda: _list_jobs(ctx, pool),
                 ctx.retry,
-                ctx.metrics.retry_hook("backend", pool.name),
+                pool.on_retry,
             )
         )
     except (TransientError, RefusedError) as exc:

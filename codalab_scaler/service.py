@@ -113,6 +113,7 @@ class Service:
                 shape=pool.shape(),
                 prefilter=not pool.no_prefilter,
                 exit_after_num_failed=pool.exit_after_num_failed,
+                on_retry=metrics.retry_hook("backend", name),
             )
         ctx = Context(
             pools=pools,
@@ -131,10 +132,11 @@ class Service:
             call_timeout=settings.request_timeout_seconds,
             dry_run=settings.dry_run,
         )
+        policies = {n: p.policy for n, p in pools.items()}  # fixed for the service's life
         registry.register(SnapshotCollector(lambda: ScrapeView(
             snapshot=ctx.state.snapshot,
             decisions=dict(ctx.decisions),
-            policies={n: p.policy for n, p in ctx.pools.items()},
+            policies=policies,
             now=ctx.clock(),
         )))  # fmt: skip
         service = cls(ctx, closers, login)
@@ -259,9 +261,7 @@ class Service:
             current = snapshot.pools[pool.name]
             due = self.ctx.clock() - last_pass >= self.ctx.sleep_time
             # Until both pollers have tried once there is nothing to decide on yet.
-            polled = (
-                current.bundles.attempted_at is not None and current.jobs.attempted_at is not None
-            )
+            polled = current.bundles.attempted and current.jobs.attempted
             if polled and (current is not seen or due):
                 await scale_pool(self.ctx, pool)
                 seen = self.ctx.state.snapshot.pools[pool.name]

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -34,9 +32,9 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from codalab_scaler.backend_settings import (
@@ -44,6 +42,7 @@ from codalab_scaler.backend_settings import (
     BackendSettings,
     LocalBackendSettings,
     SlurmBatchBackendSettings,
+    StrictModel,
 )
 from codalab_scaler.decision import Policy
 from codalab_scaler.errors import ConfigError
@@ -63,17 +62,13 @@ __all__ = [
 ]
 
 BACKEND_KINDS = frozenset(
-    {LocalBackendSettings().kind, AwsBatchBackendSettings.model_fields["kind"].default,
-     SlurmBatchBackendSettings.model_fields["kind"].default}
-)  # fmt: skip
+    model.model_fields["kind"].default
+    for model in (LocalBackendSettings, AwsBatchBackendSettings, SlurmBatchBackendSettings)
+)
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PoolSettings(_Strict):
+class PoolSettings(StrictModel):
     """One pool: a backend, a worker shape, limits and a tag."""
 
     backend: BackendSettings = Field(default_factory=LocalBackendSettings)
@@ -150,8 +145,9 @@ class PoolSettings(_Strict):
         )
 
 
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "codalab_scaler_config_file", default=None
+# The parsed --config file while load_settings validates (pydantic-settings takes no argument).
+_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "codalab_scaler_config", default=None
 )
 
 
@@ -198,10 +194,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = _CONFIG_FILE.get()
-        if config_file is None:
+        config = _CONFIG.get()
+        if config is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+        # The file as load_settings already read and parsed it (read once, checked once).
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=config))
 
     @field_validator("server")
     @classmethod
@@ -297,18 +294,19 @@ def format_errors(exc: ValidationError) -> list[str]:
 
 def load_settings(values: Mapping[str, Any], config_file: Path | None = None) -> Settings:
     """Validate ``values`` (from the command line) over the environment and ``config_file``."""
+    config = None
     if config_file is not None:
         try:
             with config_file.open("rb") as fh:
-                tomllib.load(fh)
+                config = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError([f"config: cannot read {config_file} ({exc.strerror})"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"config: {config_file} is not valid TOML ({exc})"]) from None
-    token = _CONFIG_FILE.set(config_file)
+    token = _CONFIG.set(config)
     try:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
     finally:
-        _CONFIG_FILE.reset(token)
+        _CONFIG.reset(token)

@@ -6,6 +6,7 @@ reach it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from codalab_scaler.context import Context
@@ -48,13 +49,7 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
         view = state.bundles.value
         jobs = state.jobs.value or ()
         pools[name] = {
-            "policy": {
-                "min_workers": runtime.policy.min_workers,
-                "max_workers": runtime.policy.max_workers,
-                "min_seconds_between_workers": runtime.policy.min_seconds_between_workers,
-                "max_launches_per_pass": runtime.policy.max_launches_per_pass,
-                "staleness_seconds": runtime.policy.staleness_seconds,
-            },
+            "policy": dataclasses.asdict(runtime.policy),
             "worker_shape": {
                 "cpus": runtime.shape.cpus,
                 "gpus": runtime.shape.gpus,
@@ -98,7 +93,7 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
             ),
             "decision": _decision(ctx.decisions.get(name)),
             "failed_starts": ctx.failed_starts.get(name, 0),
-            "exit_after_num_failed": ctx.pools[name].exit_after_num_failed,
+            "exit_after_num_failed": runtime.exit_after_num_failed,
         }
     return {
         "healthy": health.ok,

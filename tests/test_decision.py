@@ -113,7 +113,7 @@ def test_rules(
 
 def test_failed_poll_is_stale_even_with_fresh_old_value() -> None:
     state = pool(3, 0, 0)
-    state = replace(state, jobs=state.jobs.failed("boom", NOW))
+    state = replace(state, jobs=state.jobs.failed("boom"))
     decision = decide(state, replace(BASE, min_workers=1), NOW)
     assert decision.launch == 0
     assert decision.reason is Reason.STALE_VIEW
