@@ -359,3 +359,18 @@ async def test_a_borrowed_session_is_left_open(sim: CodaLabSimulator) -> None:
         await client.login()
         await client.aclose()
         assert not session.closed
+
+
+async def test_a_malformed_bundle_is_warned_once_per_search_with_several_pools(
+    sim: CodaLabSimulator, client_factory: ClientFactory
+) -> None:
+    """One client serves every pool; one pool's search must not reset another's memory."""
+    bad = {"type": "bundles", "id": "0xbad", "attributes": {"metadata": 5}}
+    sim.add_raw_bundle(bad, only_in="gpu")
+    client = client_factory(sim.url)
+    with capture_logs() as logs:
+        for _ in range(3):  # pool a's search sees the bad bundle, pool b's does not
+            assert (await client.fetch_staged(["state=staged", "gpu"])).malformed
+            assert not (await client.fetch_staged(["state=staged"])).malformed
+    malformed = [e for e in logs if e["event"] == "codalab.bundle_malformed"]
+    assert [e["uuid"] for e in malformed] == ["0xbad"]

@@ -107,7 +107,8 @@ class CodaLabClient:
         self._on_retry = on_retry
         self._clock = clock
         self._page_size = page_size
-        self._malformed_seen: set[tuple[str | None, str]] = set()
+        # Per search (each pool has its own): the malformed bundles already warned about.
+        self._malformed_seen: dict[tuple[str, ...], set[tuple[str | None, str]]] = {}
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
 
@@ -206,9 +207,10 @@ class CodaLabClient:
                 continue
             # Warn once per bad bundle, not on every poll while it stays staged.
             current = {(bad.uuid, bad.reason) for bad in parsed.malformed}
-            for uuid, reason in sorted(current - self._malformed_seen, key=str):
+            search = tuple(keywords)
+            for uuid, reason in sorted(current - self._malformed_seen.get(search, set()), key=str):
                 log.warning("codalab.bundle_malformed", uuid=uuid, reason=reason)
-            self._malformed_seen = current
+            self._malformed_seen[search] = current
             log.debug(
                 "codalab.staged_fetched",
                 bundles=len(parsed.bundles),

@@ -15,7 +15,8 @@ Simulator conventions (not in the real server):
 * a worker reports a completed run as ``{"bundle_uuid": ..., "state": "finished"}``
   (``"failed"`` is accepted too);
 * ``add_raw_bundle`` resources appear in every search result except the
-  anonymous ``.mine`` view, unfiltered by keywords;
+  anonymous ``.mine`` view, unfiltered by keywords (or only in searches
+  with the free-text word ``only_in``);
 * ``SimWorker.checkin_time`` is a reading of the injected clock (it drives
   ``worker_timeout``); ``/rest/workers/info`` reports wall-clock epoch
   seconds as the real server does.
@@ -94,7 +95,7 @@ class CodaLabSimulator:
             self._user_id(name)
         self._bundles: dict[str, SimBundle] = {}
         self._registry = WorkerRegistry(self._bundles, clock)
-        self._raw: list[dict[str, object]] = []
+        self._raw: list[tuple[str | None, dict[str, object]]] = []
         self._tokens = TokenStore(clock)
         self._faults = Faults()
         self._runner: web.AppRunner | None = None
@@ -178,9 +179,12 @@ class CodaLabSimulator:
         self._bundles[uuid] = bundle
         return uuid
 
-    def add_raw_bundle(self, resource: Mapping[str, object]) -> None:
-        """Put an arbitrary (possibly malformed) resource into search results."""
-        self._raw.append(dict(resource))
+    def add_raw_bundle(self, resource: Mapping[str, object], only_in: str | None = None) -> None:
+        """Put an arbitrary (possibly malformed) resource into search results.
+
+        With ``only_in``, only searches that have that free-text word see it.
+        """
+        self._raw.append((only_in, dict(resource)))
 
     def bundle(self, uuid: str) -> SimBundle:
         return self._bundles[uuid]
@@ -267,7 +271,7 @@ class CodaLabSimulator:
                 for b in self._bundles.values()
                 if self._visible(b, caller) and search.matches(b, caller)
             ]
-            rows += [(None, raw) for raw in self._raw]
+            rows += [(None, raw) for word, raw in self._raw if word is None or word in search.words]
         if search.sort is not None:
             key, descending = search.sort
             rows.sort(key=lambda row: sort_value(row, key), reverse=descending)
