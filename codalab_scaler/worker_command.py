@@ -9,10 +9,12 @@ the worker it registers; backends that do not run a shell substitute it
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 
 HOSTNAME_EXPR = "$(hostname -s)"
+DEFAULT_WORK_DIR_PREFIX = "/tmp/"  # noqa: S108 - the original's default prefix, overridable by --worker-work-dir-prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,9 @@ class WorkerOptions:
     work_dir_prefix: str | None = None
 
 
-def work_dir_for(options: WorkerOptions, worker_id: str, default_prefix: str = "/tmp/") -> str:  # noqa: S108 - the original's default prefix, overridable by --worker-work-dir-prefix
+def work_dir_for(
+    options: WorkerOptions, worker_id: str, default_prefix: str = DEFAULT_WORK_DIR_PREFIX
+) -> str:
     """One work dir per worker under ``--worker-work-dir-prefix``."""
     prefix = options.work_dir_prefix or default_prefix
     return os.path.join(prefix, f"cl_worker_{worker_id}_work_dir")
@@ -97,3 +101,11 @@ def resolve_hostname(command: list[str], hostname: str | None = None) -> list[st
     """Replace the shell expression ``$(hostname -s)`` for backends that exec without a shell."""
     host = hostname if hostname is not None else short_hostname()
     return [arg.replace(HOSTNAME_EXPR, host) for arg in command]
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` as one bash word: literal, except ``$(hostname -s)``, which bash expands."""
+    pieces = arg.split(HOSTNAME_EXPR)
+    return (
+        f'"{HOSTNAME_EXPR}"'.join(shlex.quote(piece) if piece else "" for piece in pieces) or "''"
+    )

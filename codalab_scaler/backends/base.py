@@ -27,12 +27,23 @@ process so that its supervisor restarts it.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from codalab_scaler.errors import LaunchRefused, ScalerError, TransientError
 from codalab_scaler.model import WorkerJob
+
+USERNAME_ENV = "CODALAB_USERNAME"
+PASSWORD_ENV = "CODALAB_PASSWORD"  # noqa: S105 - the variable's name, not a password
+
+# exec failures that will not get better by retrying: no such file, not executable...
+UNUSABLE_EXECUTABLE = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOTDIR}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +59,7 @@ class WorkerCredentials:
     password_file: Path | None = None
 
     def env(self) -> dict[str, str]:
-        return {"CODALAB_USERNAME": self.username, "CODALAB_PASSWORD": self.password}
+        return {USERNAME_ENV: self.username, PASSWORD_ENV: self.password}
 
 
 class Backend(Protocol):
@@ -69,3 +80,29 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release clients and connections; running jobs keep running."""
         ...
+
+
+def exec_failure(exc: OSError, executable: str) -> ScalerError:
+    """What a failure to start ``executable`` means: refused if retrying cannot help."""
+    if exc.errno in UNUSABLE_EXECUTABLE:
+        return LaunchRefused(f"cannot execute {executable!r}: {exc.strerror}")
+    return TransientError(f"cannot start {executable!r}: {exc}")
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` with mode 0600, all or nothing; raises ``OSError``.
+
+    Written to a per-process temporary name created by ``os.open`` itself with
+    mode 0600 (never chmod-ed afterwards; ``O_EXCL | O_NOFOLLOW``: never
+    through a planted file or symlink), then renamed into place.  No fsync.
+    The temporary file never outlives the call.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -23,7 +23,6 @@ environment only, never in argv, the record or a log line.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from codalab_scaler.backends.base import exec_failure, write_private_file
 from codalab_scaler.errors import ConfigError, LaunchRefused, TransientError
 from codalab_scaler.model import JobState, WorkerJob
 from codalab_scaler.worker_command import (
@@ -51,10 +51,6 @@ log = structlog.get_logger()
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # becomes a file name
 _POLL_SECONDS = 0.05
 _KILL_GRACE_SECONDS = 2.0
-# exec failures that will not get better by retrying: no such file, not executable...
-_UNUSABLE_EXECUTABLE = frozenset(
-    {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOTDIR}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +119,8 @@ class LocalBackend:
         start_time = None if stat is None else stat[1]
         record = _Record(self._record_path(worker_id), worker_id, job_id, child.pid, start_time)
         try:
-            _write_atomically(record.path, _record_json(record, argv))
+            # No fsync: a machine crash that could lose the file also ends the workers it names.
+            write_private_file(record.path, _record_json(record, argv))
         except OSError as exc:  # an unrecorded worker would be invisible: take it back
             child.kill()
             await _wait_exited(child, _KILL_GRACE_SECONDS)
@@ -190,9 +187,7 @@ class LocalBackend:
                 start_new_session=True,  # a Ctrl-C at the scaler's terminal must not reach workers
             )
         except OSError as exc:
-            if exc.errno in _UNUSABLE_EXECUTABLE:
-                raise LaunchRefused(f"cannot execute {argv[0]!r}: {exc.strerror}") from exc
-            raise TransientError(f"cannot start {argv[0]!r}: {exc}") from exc
+            raise exec_failure(exc, argv[0]) from exc
         finally:
             os.close(log_fd)
 
@@ -335,14 +330,6 @@ def _record_json(record: _Record, argv: list[str]) -> bytes:
         },
         indent=2,
     ).encode()
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    # No fsync: a machine crash that could lose the file also ends the workers it names.
-    tmp = path.with_name(path.name + ".tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
-        file.write(content)
-    os.replace(tmp, path)
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

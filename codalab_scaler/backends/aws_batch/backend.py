@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,7 +40,7 @@ from codalab_scaler.backends.aws_batch import spec
 from codalab_scaler.backends.aws_batch.client import create_client, quiet_sdk_debug_logs
 from codalab_scaler.backends.aws_batch.errors import translate
 from codalab_scaler.backends.base import WorkerCredentials
-from codalab_scaler.errors import ConfigError, LaunchRefused, TransientError
+from codalab_scaler.errors import ConfigError, LaunchRefused, RefusedError, TransientError
 from codalab_scaler.model import JobState, WorkerJob
 from codalab_scaler.worker_command import WorkerOptions
 
@@ -81,6 +82,7 @@ class AwsBatchBackend:
             password_secret_arn=settings.password_secret_arn,
             execution_role_arn=settings.execution_role_arn,
         )  # fmt: skip
+        self._wanted = spec.definition_request(self._inputs)  # pure: built once
         self._client = client
         self._owns_client = client is None
         self._stack = contextlib.AsyncExitStack()
@@ -142,24 +144,18 @@ class AwsBatchBackend:
     async def _list_status(self, api: BatchClient, status: str) -> list[tuple[str, str]]:
         """(job id, worker id) of this pool's jobs in ``status``, every page."""
         found = []
-        request: dict[str, Any] = {
+        request = {
             "jobQueue": self._settings.job_queue,
             "jobStatus": status,
             "maxResults": PAGE_SIZE,
         }
-        for _ in range(MAX_PAGES):
-            with translate("list_jobs"):
-                page = await api.list_jobs(**request)
+        async for page in _pages(api.list_jobs, request, "list_jobs", f"{status} jobs"):
             for summary in page.get("jobSummaryList", []):
                 name = summary.get("jobName", "")
                 worker_id = self._names.worker_id(name)
                 if worker_id is not None and (self._filter is None or self._filter.fullmatch(name)):
                     found.append((summary["jobId"], worker_id))
-            token = page.get("nextToken")
-            if not token:
-                return found
-            request["nextToken"] = token
-        raise TransientError(f"AWS Batch list_jobs: more than {MAX_PAGES} pages of {status} jobs")
+        return found
 
     async def _failed_starts(self, api: BatchClient, jobs: list[WorkerJob]) -> list[WorkerJob]:
         """Jobs listed before that left the listing and ended FAILED (or vanished unstarted)."""
@@ -236,16 +232,15 @@ class AwsBatchBackend:
         async with self._definition_lock:
             if self._definition_arn is not None:
                 return self._definition_arn
-            wanted = spec.definition_request(self._inputs)
+            wanted = self._wanted
             revisions: list[Mapping[str, Any]] = []
-            request: dict[str, Any] = {"jobDefinitionName": self._inputs.name, "status": "ACTIVE"}
-            for _ in range(MAX_PAGES):
-                with translate("describe_job_definitions", LaunchRefused):
-                    page = await api.describe_job_definitions(**request)
+            request = {"jobDefinitionName": self._inputs.name, "status": "ACTIVE"}
+            operation = "describe_job_definitions"
+            pages = _pages(
+                api.describe_job_definitions, request, operation, "revisions", LaunchRefused
+            )
+            async for page in pages:
                 revisions += page.get("jobDefinitions", [])
-                if not page.get("nextToken"):
-                    break
-                request["nextToken"] = page["nextToken"]
             arn = spec.matching_revision(revisions, wanted)
             if arn is not None:
                 log.info("aws_batch.definition_reused", pool=self._pool, job_definition=arn)
@@ -258,16 +253,38 @@ class AwsBatchBackend:
             return arn
 
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
-        wanted = spec.definition_request(self._inputs)
         password = None if self._plaintext is None else spec.REDACTED
         plan = self._submit_request(worker_id, self._inputs.name, password)
-        return {**plan, "jobDefinitionProperties": wanted}
+        return {**plan, "jobDefinitionProperties": copy.deepcopy(self._wanted)}
 
     async def aclose(self) -> None:
         """Close the client this backend created (an injected one belongs to its owner)."""
         await self._stack.aclose()
         if self._owns_client:
             self._client = None
+
+
+async def _pages(
+    call: Callable[..., Awaitable[Mapping[str, Any]]],
+    request: Mapping[str, Any],
+    operation: str,
+    what: str,
+    refused: type[RefusedError] = RefusedError,
+) -> AsyncIterator[Mapping[str, Any]]:
+    """Every page ``call(**request)`` answers, following ``nextToken``; errors as ``translate``.
+
+    Past ``MAX_PAGES`` the peer is at fault: ``TransientError``, never a partial answer.
+    """
+    request = dict(request)
+    for _ in range(MAX_PAGES):
+        with translate(operation, refused):
+            page = await call(**request)
+        yield page
+        token = page.get("nextToken")
+        if not token:
+            return
+        request["nextToken"] = token
+    raise TransientError(f"AWS Batch {operation}: more than {MAX_PAGES} pages of {what}")
 
 
 def _failure_reason(job: Mapping[str, Any]) -> str:

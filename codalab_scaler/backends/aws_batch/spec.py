@@ -23,12 +23,18 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codalab_scaler.worker_command import HOSTNAME_EXPR, WorkerOptions, build_command, work_dir_for
+from codalab_scaler.backends.base import PASSWORD_ENV, USERNAME_ENV
+from codalab_scaler.worker_command import (
+    DEFAULT_WORK_DIR_PREFIX,
+    WorkerOptions,
+    build_command,
+    shell_word,
+    work_dir_for,
+)
 
 PENDING_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING")
 ACTIVE_STATUSES = ("RUNNING",)
@@ -36,13 +42,10 @@ SPEC_TAG = "codalab-scaler:spec"
 POOL_TAG = "codalab-scaler:pool"
 WORKER_TAG = "codalab-scaler:worker-id"
 SCALER_TAG = "codalab-scaler:scaler"
-PASSWORD_ENV = "CODALAB_PASSWORD"  # noqa: S105 - the variable's name, not a password
-USERNAME_ENV = "CODALAB_USERNAME"
 REDACTED = "[redacted]"
 DOCKER_SOCKET = "/var/run/docker.sock"
 # The codalab/worker image's spot-interruption watcher, started as the original does (if present).
 SPOT_WATCHER = "/opt/scripts/detect-ec2-spot-preemption.sh"
-DEFAULT_WORK_DIR_PREFIX = "/tmp/"  # noqa: S108 - the original's default, a host path mounted into the job
 WORKER_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -68,15 +71,9 @@ class JobNames:
         return rest if WORKER_ID.fullmatch(rest) else None
 
 
-def shell_word(arg: str) -> str:
-    """``arg`` quoted for bash, except ``$(hostname -s)``, which the job's shell expands."""
-    parts = arg.split(HOSTNAME_EXPR)
-    return '"$(hostname -s)"'.join(shlex.quote(part) if part else "" for part in parts) or "''"
-
-
 def container_command(options: WorkerOptions, worker_id: str) -> list[str]:
     """The worker's argv, run by bash (the image's spot watcher first, as the original)."""
-    argv = build_command(options, worker_id, work_dir(options, worker_id))
+    argv = build_command(options, worker_id, work_dir_for(options, worker_id))
     script = (
         f"if [ -x {SPOT_WATCHER} ]; then {SPOT_WATCHER} & fi\n"
         f"exec {' '.join(shell_word(arg) for arg in argv)}"
@@ -87,10 +84,6 @@ def container_command(options: WorkerOptions, worker_id: str) -> list[str]:
 def work_dir_prefix(options: WorkerOptions) -> str:
     """The host directory mounted into every job (same path inside), normalised."""
     return os.path.normpath(options.work_dir_prefix or DEFAULT_WORK_DIR_PREFIX)
-
-
-def work_dir(options: WorkerOptions, worker_id: str) -> str:
-    return work_dir_for(options, worker_id, DEFAULT_WORK_DIR_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,26 +63,21 @@ class SlurmBatchBackend:
         # Absolute: the job runs elsewhere (a compute node, another directory).
         self._work_dir = settings.slurm_work_dir.expanduser().resolve()
         self._prefix = f"{settings.user}-{settings.job_name}-{pool}-"
+        self._squeue_argv = squeue.squeue_argv(settings.user, settings.partition)
         self._env = commands.job_environment(env)
         if credentials.password_file is not None:
             self._password_file = check_password_file(credentials.password_file)
             self._write_password = False
-        else:
+        else:  # written by the first launch: its content never changes
             self._password_file = self._work_dir / f".codalab-password-{pool}"
             self._write_password = True
         self._tracked: dict[str, _Tracked] = {}
         self._unknown_states: set[str] = set()
 
-    @property
-    def prefix(self) -> str:
-        """Every job of this pool has a name starting with this."""
-        return self._prefix
-
     # -- observe -----------------------------------------------------------
 
     async def list_jobs(self) -> Sequence[WorkerJob]:
-        argv = squeue.squeue_argv("squeue", self._settings.user, self._settings.partition)
-        text = await self._run(argv, stderr_is_error=True)
+        text = await self._run(self._squeue_argv, stderr_is_error=True)
         rows, malformed = squeue.parse(text)
         for line in malformed:
             log.warning("slurm.squeue_line_malformed", pool=self._pool, line=line[:200])
@@ -146,6 +141,7 @@ class SlurmBatchBackend:
         files, argv = self._prepare(worker_id)
         if self._write_password:
             write_password_file(self._password_file, self._credentials)
+            self._write_password = False
         output = await self._run(argv)
         # --parsable prints "<job id>" or "<job id>;<cluster>"
         job_id = output.strip().splitlines()[0].split(";")[0] if output.strip() else ""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from codalab_scaler.backends.base import exec_failure
 from codalab_scaler.errors import LaunchRefused, ScalerError, TransientError
 
 log = structlog.get_logger()
@@ -101,10 +102,8 @@ async def run(
             stderr=asyncio.subprocess.PIPE,
             env=dict(env) if env is not None else None,
         )
-    except (FileNotFoundError, PermissionError) as exc:
-        raise LaunchRefused(f"cannot execute {command[0]!r}: {exc.strerror}") from exc
     except OSError as exc:
-        raise TransientError(f"cannot start {command[0]!r}: {exc}") from exc
+        raise exec_failure(exc, command[0]) from exc
     try:
         async with asyncio.timeout(timeout):
             out, err = await process.communicate()

@@ -10,11 +10,10 @@ file.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
-from codalab_scaler.backends.base import WorkerCredentials
+from codalab_scaler.backends.base import WorkerCredentials, write_private_file
 from codalab_scaler.errors import ConfigError, LaunchRefused, TransientError
 
 
@@ -38,19 +37,12 @@ def check_password_file(path: Path) -> Path:
 def write_password_file(path: Path, credentials: WorkerCredentials) -> None:
     """Write the two-line file (username, password) at ``path`` with mode 0600."""
     content = f"{credentials.username}\n{credentials.password}\n".encode()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-        os.replace(tmp, path)
+        write_private_file(path, content)
     except PermissionError as exc:
         raise LaunchRefused(
             f"cannot write the workers' password file {path}: {exc.strerror}"
         ) from exc
     except OSError as exc:
         raise TransientError(f"cannot write the workers' password file {path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -16,13 +16,12 @@ here: the worker reads them from the 0600 file named by ``--password-file``.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from codalab_scaler.backend_settings import SlurmBatchBackendSettings
-from codalab_scaler.worker_command import HOSTNAME_EXPR
+from codalab_scaler.worker_command import shell_word
 
 # Docker ignores Slurm's GPU isolation, so cl-worker is told which GPUs are the
 # job's: their UUIDs as the job sees them, or NONE.
@@ -93,21 +92,10 @@ def worker_argv(command: Sequence[str], password_file: Path) -> list[str]:
     return [*argv, "--password-file", str(password_file)]
 
 
-def quote(arg: str) -> str:
-    """One shell word; ``$(hostname -s)`` stays an expansion, everything else is literal."""
-    pieces = arg.split(HOSTNAME_EXPR)
-    if len(pieces) == 1:
-        return shlex.quote(arg)
-    return f'"{HOSTNAME_EXPR}"'.join(shlex.quote(piece) if piece else "" for piece in pieces)
+quote = shell_word  # one shell word; ``$(hostname -s)`` stays an expansion
 
 
-def render(
-    settings: SlurmBatchBackendSettings,
-    files: JobFiles,
-    argv: Sequence[str],
-    *,
-    srun: str = "srun",
-) -> str:
+def render(settings: SlurmBatchBackendSettings, files: JobFiles, argv: Sequence[str]) -> str:
     """The whole batch script for a worker whose command (with credentials file) is ``argv``."""
     lines = ["#!/usr/bin/env bash"]
     lines += [
@@ -123,6 +111,6 @@ def render(
         gpuset = '"$GPUSET"'
     else:
         gpuset = "NONE"
-    words = [srun, "--unbuffered", *argv]
-    lines.append("exec " + " ".join(quote(word) for word in words) + f" --gpuset {gpuset}")
+    words = ["srun", "--unbuffered", *argv]
+    lines.append("exec " + " ".join(shell_word(word) for word in words) + f" --gpuset {gpuset}")
     return "\n".join(lines) + "\n"

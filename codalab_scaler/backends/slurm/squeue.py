@@ -61,9 +61,9 @@ class Row:
         return PHASES.get(self.state.split()[0].rstrip("+") if self.state else "")
 
 
-def squeue_argv(executable: str, user: str, partition: str) -> list[str]:
+def squeue_argv(user: str, partition: str) -> list[str]:
     return [
-        executable, "--noheader", "--states=all", f"--user={user}",
+        "squeue", "--noheader", "--states=all", f"--user={user}",
         f"--partition={partition}", f"--format={FORMAT}",
     ]  # fmt: skip
 
