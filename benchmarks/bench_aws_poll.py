@@ -82,7 +82,8 @@ async def stub_batch(jobs: dict[str, list[dict[str, Any]]], page_size: int) -> w
 
 
 async def bench(jobs: int, page_size: int, rounds: int) -> dict[str, Any]:
-    runner = await stub_batch(queue(jobs), page_size)
+    by_status = queue(jobs)
+    runner = await stub_batch(by_status, page_size)
     port = runner.addresses[0][1]
     settings = AwsBatchBackendSettings(
         endpoint_url=f"http://127.0.0.1:{port}",
@@ -110,7 +111,7 @@ async def bench(jobs: int, page_size: int, rounds: int) -> dict[str, Any]:
         "jobs_in_queue": jobs,
         "jobs_of_this_pool": len(listed),
         "page_size": page_size,
-        "list_calls_per_poll": sum(-(-len(v) // page_size) or 1 for v in queue(jobs).values()),
+        "list_calls_per_poll": sum(-(-len(v) // page_size) or 1 for v in by_status.values()),
         "poll_seconds_median": round(median, 4),
         "poll_seconds_best": round(best, 4),
         "jobs_listed_per_second": round(jobs / median),

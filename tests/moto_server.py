@@ -4,7 +4,8 @@
 reaches it with ``endpoint_url`` through aiobotocore (moto's in-process
 ``@mock_aws`` does not patch aiohttp).  Each test gets a clean server
 (``/moto-api/reset``), its own compute environment and queues, and fake AWS
-credentials in its environment only.
+credentials in its environment only (``aws_env``).  A test module using
+``moto`` imports the fixtures it needs too: ``moto_server`` and ``aws_env``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,8 @@ AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:codalab-worker-pw"
+ROLE_ARN = "arn:aws:iam::123456789012:role/batch-execution"
 
 
 @dataclass
@@ -73,10 +68,9 @@ class MotoServer:
 
 @contextlib.contextmanager
 def running_moto_server(
-    ready_within: float = 30.0, env: Mapping[str, str] | None = None
+    port: int, ready_within: float = 30.0, env: Mapping[str, str] | None = None
 ) -> Iterator[MotoServer]:
     """``env``: extra environment for the server (e.g. ``DOCKER_HOST``), on top of this one's."""
-    port = free_port()
     proc = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
         env=None if env is None else {**os.environ, **env},
@@ -177,17 +171,22 @@ def prepare(server: MotoServer) -> MotoBatch:
     return moto
 
 
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake AWS credentials and region in this test's environment only."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    with running_moto_server() as server:
+def moto_server(unused_tcp_port_factory: Callable[[], int]) -> Iterator[MotoServer]:
+    with running_moto_server(unused_tcp_port_factory()) as server:
         yield server
 
 
 @pytest.fixture
-def moto(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoBatch:
+def moto(moto_server: MotoServer, aws_env: None) -> MotoBatch:
     """A clean moto with a queue whose jobs stay SUBMITTED (pending) for a minute."""
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     moto_server.job_lifecycle(60)
     return prepare(moto_server)

@@ -158,9 +158,6 @@ class PodmanEngine:
             raise RuntimeError(f"podman {' '.join(argv)}: {done.stderr.decode(errors='replace')}")
         return done.stdout.decode()
 
-    def container_ids(self) -> list[str]:
-        return self.remote("ps", "-aq", "--no-trunc").split()
-
     def start(self) -> None:
         (self.root / "containers.conf").write_text(_containers_conf(self.root))
         (self.root / "storage.conf").write_text(_storage_conf(self.root))

@@ -1,8 +1,9 @@
 """A real single-node Slurm for the tests: munged, slurmctld and slurmd on loopback.
 
 Everything lives in a temporary directory (config, key, state, spool, logs);
-ports are picked free at run time; ``SLURM_CONF`` reaches the commands
-through ``cluster.env`` (passed explicitly, ``os.environ`` is never touched).
+ports are picked free at run time (pytest-asyncio's ``unused_tcp_port_factory``,
+never the same port twice); ``SLURM_CONF`` reaches the commands through
+``cluster.env`` (passed explicitly, ``os.environ`` is never touched).
 The session fixture stops every daemon it started (their whole process
 groups) even when a test or the start-up fails, and cancels every job.
 Tests skip only when the Slurm binaries are missing (``.ci/deps/10-slurm.sh``
@@ -33,14 +34,7 @@ def missing_binaries() -> list[str]:
     return [name for name in BINARIES if shutil.which(name) is None]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _config(root: Path, host: str) -> str:
-    ports = _free_port(), _free_port()
+def _config(root: Path, host: str, ports: tuple[int, int]) -> str:
     return f"""\
 ClusterName=scalertest
 SlurmctldHost={host}(127.0.0.1)
@@ -75,8 +69,9 @@ PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 class SlurmCluster:
     """The daemons of one test session and helpers to drive them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ports: tuple[int, int]) -> None:
         self.root = root
+        self.ports = ports  # slurmctld's and slurmd's
         self.host = socket.gethostname().split(".")[0]
         self.conf = root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -88,7 +83,7 @@ class SlurmCluster:
     def start(self) -> None:
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(_config(self.root, self.host))
+        self.conf.write_text(_config(self.root, self.host, self.ports))
         key = self.root / "munge.key"
         subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, timeout=30)
         key.chmod(0o600)
@@ -182,7 +177,9 @@ class SlurmCluster:
 
 
 @pytest.fixture(scope="session", name="slurm_cluster")
-def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def slurm_cluster_fixture(
+    tmp_path_factory: pytest.TempPathFactory, unused_tcp_port_factory: Callable[[], int]
+) -> Iterator[SlurmCluster]:
     """A running single-node Slurm for the whole session; stopped in teardown."""
     missing = missing_binaries()
     if missing:
@@ -191,7 +188,7 @@ def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pytest.skip("the Slurm test cluster runs its daemons as root (SlurmUser=root)")
     # A short path: the munge socket path must fit in sun_path (108 bytes).
     root = Path(tmp_path_factory.mktemp("slurm", numbered=True))
-    cluster = SlurmCluster(root)
+    cluster = SlurmCluster(root, (unused_tcp_port_factory(), unused_tcp_port_factory()))
     try:
         cluster.start()
         yield cluster

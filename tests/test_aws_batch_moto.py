@@ -22,12 +22,11 @@ from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from codalab_scaler.worker_command import WorkerOptions
 from tests.fakes import FakeBundles
-from tests.moto_server import QUEUE, MotoBatch, moto, moto_server
+from tests.moto_server import QUEUE, ROLE_ARN, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
+from tests.waiting import eventually
 
-__all__ = ["moto", "moto_server"]  # fixtures
+__all__ = ["aws_env", "moto", "moto_server"]  # fixtures
 
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:codalab-worker-pw"
-ROLE_ARN = "arn:aws:iam::123456789012:role/batch-execution"
 PASSWORD = "pw-NEVER-SHOWN-42"
 CREDENTIALS = WorkerCredentials("codalab", PASSWORD)
 
@@ -175,12 +174,12 @@ async def test_a_job_that_ends_failed_unseen_running_is_reported_once(
     backend = make()
     job_id = await backend.launch(wid(1))
     assert [job.state for job in await backend.list_jobs()] == [JobState.PENDING]
-    async with asyncio.timeout(15):
-        while True:
-            statuses = await asyncio.to_thread(moto.statuses)
-            if statuses.get(f"codalab-scaler-default-{wid(1)}") == "FAILED":
-                break
-            await asyncio.sleep(0.1)
+
+    async def failed() -> bool:
+        statuses = await asyncio.to_thread(moto.statuses)
+        return statuses.get(f"codalab-scaler-default-{wid(1)}") == "FAILED"
+
+    await eventually(failed, "moto ends the job FAILED", within=15, interval=0.1)
     assert await backend.list_jobs() == [WorkerJob(job_id, JobState.FAILED, wid(1), "FAILED")]
     assert await backend.list_jobs() == []
 

@@ -31,20 +31,21 @@ from codalab_scaler.settings import Settings
 from codalab_scaler.worker_command import WorkerOptions
 from tests.fakes import FakeBundles
 from tests.moto_server import (
-    AWS_ENV,
     QUEUE,
     REGION,
+    ROLE_ARN,
+    SECRET_ARN,
     MotoBatch,
     MotoServer,
+    aws_env,
     prepare,
     running_moto_server,
 )
 from tests.podman_engine import CRASHING_WORKER, IMAGE, WORKER, PodmanEngine, podman_engine
+from tests.waiting import eventually
 
-__all__ = ["podman_engine"]  # fixture
+__all__ = ["aws_env", "podman_engine"]  # fixtures
 
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:codalab-worker-pw"
-ROLE_ARN = "arn:aws:iam::123456789012:role/batch-execution"
 CREDENTIALS = WorkerCredentials("codalab", "pw-not-used-here")
 STAGE_SECONDS = 0.3  # each of SUBMITTED, PENDING, RUNNABLE, STARTING
 POLL = 0.1
@@ -58,20 +59,19 @@ def wid(n: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def podman_moto_server(podman_engine: PodmanEngine) -> Iterator[MotoServer]:
+def podman_moto_server(
+    podman_engine: PodmanEngine, unused_tcp_port_factory: Callable[[], int]
+) -> Iterator[MotoServer]:
     env = {"DOCKER_HOST": podman_engine.docker_host, "MOTO_DOCKER_NETWORK_MODE": "host"}
-    with running_moto_server(env=env) as server:
+    with running_moto_server(unused_tcp_port_factory(), env=env) as server:
         yield server
 
 
 @pytest.fixture
 def moto(
-    podman_moto_server: MotoServer, podman_engine: PodmanEngine, monkeypatch: pytest.MonkeyPatch
+    podman_moto_server: MotoServer, podman_engine: PodmanEngine, aws_env: None
 ) -> Iterator[MotoBatch]:
     """A clean moto whose jobs run in podman; every container removed after the test."""
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     podman_moto_server.job_lifecycle(STAGE_SECONDS)  # use_docker, time-based stages
     try:
         yield prepare(podman_moto_server)
@@ -150,11 +150,11 @@ async def test_a_running_job_is_active_while_its_container_runs(
     backend = make(idle_seconds=4)
     job_id = await backend.launch(wid(1))
     assert [job.state for job in await backend.list_jobs()] == [JobState.PENDING]
-    async with asyncio.timeout(DEADLINE):
-        while True:  # polling the peer is the point
-            if (await backend.list_jobs())[0].state is not JobState.PENDING:
-                break
-            await asyncio.sleep(POLL)
+
+    async def started() -> bool:
+        return (await backend.list_jobs())[0].state is not JobState.PENDING
+
+    await eventually(started, "the job leaves PENDING", within=DEADLINE, interval=POLL)
     for _ in range(5):  # the container sleeps 4 s: ACTIVE on every poll for 2 s
         assert await backend.list_jobs() == [WorkerJob(job_id, JobState.ACTIVE, wid(1))]
         await asyncio.sleep(0.4)

@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
-import aiohttp
 import pytest
 
 from codalab_scaler.simulator import CodaLabSimulator
-from tests.moto_server import QUEUE, MotoBatch, moto, moto_server
-from tests.test_process import PASSWORD, creds, launcher, sim
+from tests.moto_server import QUEUE, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
+from tests.scaler_process import PASSWORD, Launcher, creds, launcher, scrape, sim
+from tests.waiting import eventually
 
-__all__ = ["launcher", "moto", "moto_server", "sim"]  # fixtures
+__all__ = ["aws_env", "launcher", "moto", "moto_server", "sim"]  # fixtures
 
 pytestmark = pytest.mark.process
 
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:codalab-worker-pw"
-
-
-async def metrics(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        assert resp.status == 200
-        return await resp.text()
-
 
 async def test_launches_until_pending_covers_staged_then_until_max(
-    sim: CodaLabSimulator, moto: MotoBatch, launcher: Any
+    sim: CodaLabSimulator, moto: MotoBatch, launcher: Launcher
 ) -> None:
     for _ in range(3):
         sim.add_bundle(duration=600)
@@ -45,7 +33,8 @@ async def test_launches_until_pending_covers_staged_then_until_max(
     covered = await scaler.event(
         "scaler.decided", within=20, reason="pending_covers_staged", pending=3
     )
-    text = await metrics(port)
+    status, text = await scrape(port)
+    assert status == 200
     assert 'codalab_scaler_worker_jobs{pool="default",state="pending"} 3.0' in text
     assert 'codalab_scaler_worker_jobs{pool="default",state="active"} 0.0' in text
     assert 'codalab_scaler_launches_total{outcome="launched",pool="default"} 3.0' in text
@@ -55,12 +44,14 @@ async def test_launches_until_pending_covers_staged_then_until_max(
     await scaler.event("scaler.decided", within=20, after=covered, reason="at_max", pending=5)
     # the view now comes from the queue alone (in-flight launches listed by moto)
     listed = 'codalab_scaler_in_flight_launches{pool="default"} 0.0'
-    async with asyncio.timeout(10):
-        while True:
-            text = await metrics(port)
-            if listed in text:
-                break
-            await asyncio.sleep(0.1)
+
+    async def listed_by_moto() -> bool:
+        nonlocal text
+        status, text = await scrape(port)
+        assert status == 200
+        return listed in text
+
+    await eventually(listed_by_moto, listed, within=10, interval=0.1)
     assert 'codalab_scaler_worker_jobs{pool="default",state="pending"} 5.0' in text
     assert 'codalab_scaler_launches_total{outcome="launched",pool="default"} 5.0' in text
     ours = [n for n in await asyncio.to_thread(moto.statuses) if n.startswith("codalab-scaler-")]

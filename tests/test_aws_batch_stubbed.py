@@ -35,10 +35,12 @@ from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from codalab_scaler.worker_command import WorkerOptions
 from tests.fakes import FakeBundles
-from tests.moto_server import AWS_ENV
+from tests.moto_server import aws_env
 
 if TYPE_CHECKING:
     from types_aiobotocore_batch import BatchClient
+
+__all__ = ["aws_env"]  # fixture
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:pw"
 PAGE = 100  # what the fake returns per page, whatever maxResults asks
@@ -282,9 +284,7 @@ async def test_a_worker_id_that_would_blur_job_names_is_refused() -> None:
 
 
 @pytest_asyncio.fixture
-async def failing_aws(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, list[str]]]:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
+async def failing_aws(aws_env: None) -> AsyncIterator[tuple[str, list[str]]]:
     seen: list[str] = []
     answers = {
         "/v1/listjobs": (429, "TooManyRequestsException"),
@@ -333,11 +333,7 @@ async def test_botocore_itself_does_not_retry(failing_aws: tuple[str, list[str]]
         await backend.aclose()
 
 
-async def test_an_unreachable_endpoint_is_transient(
-    monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
-) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
+async def test_an_unreachable_endpoint_is_transient(aws_env: None, unused_tcp_port: int) -> None:
     settings = AwsBatchBackendSettings(
         password_secret_arn=ARN,
         endpoint_url=f"http://127.0.0.1:{unused_tcp_port}",

@@ -6,13 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from codalab_scaler.flags import BACKENDS
-from codalab_scaler.service import Service
 from codalab_scaler.settings import PoolSettings, Settings
-from tests.fakes import FakeBackend, FakeBundles
+from tests.harness import exported
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -33,11 +31,8 @@ def first_column(text: str) -> set[str]:
 
 
 def exported_metric_names() -> set[str]:
-    registry = CollectorRegistry()
-    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"p": {}}})
-    Service.build(settings, registry=registry, bundles=FakeBundles(), backends={"p": FakeBackend()})
     names = set()
-    for family in registry.collect():
+    for family in exported("p").collect():
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
         names.add(family.name + suffix)
     return names

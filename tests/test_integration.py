@@ -7,22 +7,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.pollers import poll_bundles, poll_jobs
-from codalab_scaler.scaler import scale_pool
 from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from codalab_scaler.simulator import CodaLabSimulator
 from tests.fakes import FakeBackend
+from tests.harness import OnePool
 from tests.simulator_fixtures import SimFactory, sim_factory_fixture
 
 __all__ = ["sim_factory_fixture"]  # the fixture is used by name
 
 
-class Live:
+class Live(OnePool):
     def __init__(self, sim: CodaLabSimulator, user: str, **pool: object) -> None:
         self.sim = sim
         self.backend = FakeBackend()
-        self.registry = CollectorRegistry()
+        registry = CollectorRegistry()
         settings = Settings.model_validate(
             {
                 "server": sim.url,
@@ -36,14 +35,9 @@ class Live:
                 "pools": {"p": {"min_workers": 0, "min_seconds_between_workers": 0, **pool}},
             }
         )
-        self.service = Service.build(settings, registry=self.registry, backends={"p": self.backend})
-
-    async def cycle(self) -> tuple[str, int]:
-        ctx, pool = self.service.ctx, self.service.ctx.pools["p"]
-        await poll_bundles(ctx, pool)
-        await poll_jobs(ctx, pool)
-        decision, launched = await scale_pool(ctx, pool)
-        return decision.reason.value, launched
+        super().__init__(
+            Service.build(settings, registry=registry, backends={"p": self.backend}), registry
+        )
 
     async def close(self) -> None:
         await self.service.stop()

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from codalab_scaler.worker_command import (
     resolve_hostname,
     work_dir_for,
 )
+from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pa55-w0rd-never-logged"
@@ -63,20 +64,6 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
 def is_running(pid: int) -> bool:
     stat_ = proc_stat(pid)
     return stat_ is not None and stat_[0] not in ("Z", "X")
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
-    """Wait until ``check()`` holds, polling; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -127,7 +114,7 @@ class Rig:
     async def ready(self, worker_id: str, pool: str = "cpu") -> int:
         """The pid of ``worker_id`` once its script has recorded argv and env."""
         pid: int = self.record(worker_id, pool)["pid"]
-        await eventually((self.record_dir / f"{pid}.env").exists)
+        await eventually((self.record_dir / f"{pid}.env").exists, "the worker ready")
         return pid
 
     def argv_of(self, pid: int) -> list[str]:
@@ -162,7 +149,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         rig.kill_everything()
         for backend in rig.backends:  # let each reap its own children (no zombies, no warnings)
-            await eventually(functools.partial(_lists_nothing, backend))
+            await eventually(functools.partial(_lists_nothing, backend), "every worker reaped")
 
 
 async def test_launch_lists_the_worker_active_under_the_job_id_it_returned(rig: Rig) -> None:
@@ -210,7 +197,7 @@ async def test_credentials_reach_the_worker_only_through_its_environment(rig: Ri
     with capture_logs() as logs:
         await backend.launch("w1")
     pid = await rig.ready("w1")
-    await eventually(lambda: f"fake worker {pid} err" in log_file.read_text())
+    await eventually(lambda: f"fake worker {pid} err" in log_file.read_text(), "its log")
 
     env = rig.env_of(pid)
     assert env["CODALAB_USERNAME"] == "alice"
@@ -238,7 +225,7 @@ async def test_an_exited_worker_is_reaped_logged_and_forgotten(rig: Rig) -> None
         return not listings[-1]
 
     with capture_logs() as logs:
-        await eventually(gone)
+        await eventually(gone, "the exited worker forgotten")
 
     # Exit status 3: reported once as a failed start, then forgotten.
     failed = [job for listing in listings for job in listing if job.state is JobState.FAILED]
@@ -298,7 +285,7 @@ async def test_a_new_instance_adopts_running_workers_and_drops_exited_ones(rig: 
     assert list(await backend.list_jobs()) == [WorkerJob("local-w1", JobState.ACTIVE, "w1")]
 
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: _lists_nothing(backend))
+    await eventually(lambda: _lists_nothing(backend), "the killed worker forgotten")
     assert not rig.record_path("w1").exists()
 
 

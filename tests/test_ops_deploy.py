@@ -5,6 +5,7 @@ Kubernetes OpenAPI schemas offline) and the systemd unit."""
 from __future__ import annotations
 
 import configparser
+import functools
 import re
 import shutil
 import subprocess
@@ -179,13 +180,19 @@ SERVICEMONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
+@functools.cache
+def kustomize(directory: Path) -> str:
+    """``kubectl kustomize directory``, once per directory and session."""
     assert KUBECTL is not None
     run = subprocess.run(
         [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stderr
-    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+    return run.stdout
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(kustomize(directory)) if doc]
 
 
 def validate(doc: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,13 +52,6 @@ needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool not installed (apt-get install prometheus; see .ci/deps)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -129,11 +121,13 @@ def prometheus_config(scaler_port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, unused_tcp_port_factory: Callable[[], int]
+) -> Iterator[LivePrometheus]:
     """The demo scaler and a Prometheus scraping it, stopped in teardown even on failure."""
     assert PROMETHEUS is not None
     tmp = tmp_path_factory.mktemp("ops-prometheus")
-    scaler_port, prom_port = free_port(), free_port()
+    scaler_port, prom_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(scaler_port)))
     scaler_log, prom_log = tmp / "scaler.log", tmp / "prometheus.log"

@@ -3,69 +3,22 @@ over real HTTP, with the local backend, scraped, probed and stopped with SIGTERM
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from codalab_scaler.simulator import CodaLabSimulator
+from tests.scaler_process import PASSWORD, Launcher, creds, launcher, scrape, sim
+
+__all__ = ["launcher", "sim"]  # fixtures
 
 pytestmark = pytest.mark.process
-
-EXECUTABLE = Path(sys.executable).parent / "codalab-scaler"
-PASSWORD = "pw-for-process-tests"
-
-
-@dataclass
-class Running:
-    proc: asyncio.subprocess.Process
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    async def event(
-        self, name: str, within: float = 10.0, after: dict[str, Any] | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        """The first log event ``name`` with these fields (logged after ``after``, if given)."""
-        async with asyncio.timeout(within):
-            while True:
-                start = 0 if after is None else self.lines.index(after) + 1
-                for line in self.lines[start:]:
-                    wanted = all(line.get(k) == v for k, v in fields.items())
-                    if line.get("event") == name and wanted:
-                        return line
-                if self.proc.returncode is not None and self.reader is not None:
-                    await self.reader
-                    raise AssertionError(f"exited {self.proc.returncode} before {name}: {self.raw}")
-                await asyncio.sleep(0.02)
-
-    async def exit_code(self, within: float = 10.0) -> int:
-        """Wait for the process to end and its output to be read; its exit status."""
-        async with asyncio.timeout(within):
-            code = await self.proc.wait()
-            if self.reader is not None:
-                await self.reader
-        return code
-
-
-@pytest_asyncio.fixture
-async def sim() -> AsyncIterator[CodaLabSimulator]:
-    simulator = CodaLabSimulator(users={"codalab": PASSWORD})
-    await simulator.start()
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture
@@ -82,49 +35,6 @@ def worker_script(tmp_path: Path) -> Iterator[Path]:
                 os.kill(int(pid), signal.SIGKILL)
 
 
-@pytest_asyncio.fixture
-async def launcher(tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Running] = []
-
-    async def launch(*args: str, env: dict[str, str] | None = None) -> Running:
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(("CODALAB_", "XDG_"))
-        }
-        environment.update(env or {})
-        proc = await asyncio.create_subprocess_exec(
-            str(EXECUTABLE), *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=environment,
-        )  # fmt: skip
-        running = Running(proc)
-
-        async def read() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                text = raw.decode(errors="replace").rstrip("\n")
-                running.raw.append(text)
-                with contextlib.suppress(ValueError):
-                    running.lines.append(json.loads(text))
-
-        running.reader = asyncio.create_task(read())
-        started.append(running)
-        return running
-
-    try:
-        yield launch
-    finally:
-        for running in started:
-            if running.proc.returncode is None:
-                running.proc.kill()
-            await running.proc.wait()
-            if running.reader is not None:
-                await running.reader
-
-
-def creds(password: str = PASSWORD) -> dict[str, str]:
-    return {"CODALAB_USERNAME": "codalab", "CODALAB_PASSWORD": password}
-
-
 def scaler_args(sim: CodaLabSimulator, tmp_path: Path, script: Path, *extra: str) -> list[str]:
     return [
         "--server", sim.url, "--sleep-time", "0.2", "--min-workers", "0", "--max-workers", "2",
@@ -135,7 +45,7 @@ def scaler_args(sim: CodaLabSimulator, tmp_path: Path, script: Path, *extra: str
 
 
 async def test_runs_scrapes_probes_and_stops_on_sigterm(
-    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Launcher
 ) -> None:
     for _ in range(3):
         sim.add_bundle(duration=600)
@@ -143,10 +53,9 @@ async def test_runs_scrapes_probes_and_stops_on_sigterm(
     port = (await scaler.event("http.listening"))["port"]
     await scaler.event("scaler.decided", reason="at_max", active=2)
     base = f"http://127.0.0.1:{port}"
+    status_code, metrics = await scrape(port)
+    assert status_code == 200
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/metrics") as resp:
-            assert resp.status == 200
-            metrics = await resp.text()
         async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 200
             assert (await resp.json())["ok"] is True
@@ -168,7 +77,7 @@ async def test_runs_scrapes_probes_and_stops_on_sigterm(
 
 
 async def test_wrong_password_is_a_clear_error_and_exit_2(
-    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Launcher
 ) -> None:
     scaler = await launcher(*scaler_args(sim, tmp_path, worker_script), env=creds("wrong"))
     assert await scaler.exit_code() == 2
@@ -179,7 +88,7 @@ async def test_wrong_password_is_a_clear_error_and_exit_2(
 
 
 async def test_once_runs_one_cycle_and_exits_0(
-    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Launcher
 ) -> None:
     sim.add_bundle(duration=600)
     scaler = await launcher(*scaler_args(sim, tmp_path, worker_script, "--once"), env=creds())
@@ -191,7 +100,7 @@ async def test_once_runs_one_cycle_and_exits_0(
 
 
 async def test_once_without_a_view_exits_non_zero(
-    tmp_path: Path, worker_script: Path, launcher: Any, unused_tcp_port: int
+    tmp_path: Path, worker_script: Path, launcher: Launcher, unused_tcp_port: int
 ) -> None:
     dead = f"http://127.0.0.1:{unused_tcp_port}"
     scaler = await launcher(
@@ -208,7 +117,7 @@ async def test_once_without_a_view_exits_non_zero(
 
 
 async def test_dry_run_launches_nothing(
-    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Launcher
 ) -> None:
     sim.add_bundle(duration=600)
     scaler = await launcher(
@@ -219,7 +128,7 @@ async def test_dry_run_launches_nothing(
     assert not (tmp_path / "pids").exists()
 
 
-async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Any) -> None:
+async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Launcher) -> None:
     demo = await launcher(
         "--http-port", "0", "demo", "--bundles", "6", "--bundles-per-minute", "600",
         "--max-run-seconds", "2",
@@ -242,7 +151,7 @@ async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Any) ->
 
 
 async def test_restart_keeps_count_of_running_workers(
-    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Any
+    sim: CodaLabSimulator, tmp_path: Path, worker_script: Path, launcher: Launcher
 ) -> None:
     for _ in range(3):
         sim.add_bundle(duration=600)

@@ -10,11 +10,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 from codalab_scaler.errors import LaunchRefused, TransientError
-from codalab_scaler.pollers import poll_bundles, poll_jobs
 from codalab_scaler.scaler import scale_pool
 from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from tests.fakes import FakeBackend, FakeBundles, FakeClock
+from tests.harness import OnePool
+from tests.waiting import eventually
 
 
 def settings(**pool: Any) -> Settings:
@@ -31,33 +32,20 @@ def settings(**pool: Any) -> Settings:
     )
 
 
-class Harness:
+class Harness(OnePool):
     def __init__(self, **pool: Any) -> None:
         self.clock = FakeClock()
         self.bundles = FakeBundles()
         self.backend = FakeBackend()
-        self.registry = CollectorRegistry()
-        self.service = Service.build(
+        registry = CollectorRegistry()
+        service = Service.build(
             settings(**pool),
-            registry=self.registry,
+            registry=registry,
             clock=self.clock,
             bundles=self.bundles,
             backends={"p": self.backend},
         )
-        self.ctx = self.service.ctx
-        self.pool = self.ctx.pools["p"]
-
-    async def poll(self) -> None:
-        await poll_bundles(self.ctx, self.pool)
-        await poll_jobs(self.ctx, self.pool)
-
-    async def cycle(self) -> tuple[str, int]:
-        await self.poll()
-        decision, launched = await scale_pool(self.ctx, self.pool)
-        return decision.reason.value, launched
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(name, labels)
+        super().__init__(service, registry)
 
 
 async def test_scales_up_one_per_cooldown_until_pending_covers_staged() -> None:
@@ -193,12 +181,6 @@ async def test_run_once_reports_stale_pools() -> None:
     assert "stale view" in result.problems[0]
 
 
-async def _until(predicate: Any, within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polls state the service owns, bounded
-            await asyncio.sleep(0.01)
-
-
 def live_service(backend: FakeBackend, bundles: FakeBundles, **pool: Any) -> Service:
     return Service.build(
         settings(sleep_time=0.05, **pool),
@@ -214,11 +196,11 @@ async def test_loops_launch_and_stop_cleanly() -> None:
     service = live_service(backend, bundles, min_seconds_between_workers=0)
     await service.start()
     try:
-        await _until(lambda: len(backend.launched) == 2)
-        await _until(lambda: service.ctx.liveness.check().ok and all(
+        await eventually(lambda: len(backend.launched) == 2, "two launches", interval=0.01)
+        await eventually(lambda: service.ctx.liveness.check().ok and all(
             service.ctx.liveness.last_beat(n) is not None
             for n in ("bundles:p", "jobs:p", "scaler:p")
-        ))  # fmt: skip
+        ), "every loop beating", interval=0.01)  # fmt: skip
     finally:
         await service.stop()
     assert backend.closed
@@ -230,7 +212,9 @@ async def test_stop_lets_an_in_flight_launch_finish() -> None:
     bundles.stage(1)
     service = live_service(backend, bundles)
     await service.start()
-    await _until(lambda: service.ctx.decisions.get("p") is not None)
+    await eventually(
+        lambda: service.ctx.decisions.get("p") is not None, "a decision", interval=0.01
+    )
     await asyncio.sleep(0.1)  # the launch is now sleeping inside the backend
     await service.stop()
     assert len(backend.launched) == 1
@@ -244,7 +228,7 @@ async def test_a_crashed_root_loop_is_fatal_and_unhealthy() -> None:
     with capture_logs() as logs:
         await service.start()
         try:
-            await _until(service.fatal.is_set)
+            await eventually(service.fatal.is_set, "a fatal error", interval=0.01)
         finally:
             await service.stop()
     report = service.ctx.liveness.check()
@@ -313,7 +297,9 @@ async def test_the_first_decision_waits_for_the_first_polls() -> None:
     with capture_logs() as logs:
         await service.start()
         try:
-            await _until(lambda: service.ctx.decisions.get("p") is not None)
+            await eventually(
+                lambda: service.ctx.decisions.get("p") is not None, "a decision", interval=0.01
+            )
         finally:
             await service.stop()
     decided = [e for e in logs if e["event"] == "scaler.decided"]

@@ -8,18 +8,13 @@ simulator, with the stand-in ``cl-worker`` running as Slurm jobs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import signal
 import stat
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -27,18 +22,22 @@ from structlog.testing import capture_logs
 from codalab_scaler.backends import WorkerCredentials
 from codalab_scaler.backends.slurm import SlurmBatchBackend
 from codalab_scaler.model import JobState, WorkerJob
-from codalab_scaler.pollers import poll_bundles, poll_jobs
-from codalab_scaler.scaler import scale_pool
+from codalab_scaler.pollers import poll_jobs
 from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
-from codalab_scaler.simulator import CodaLabSimulator
 from tests.fakes import FakeBundles, FakeClock
+from tests.harness import OnePool
+from tests.scaler_process import Launcher, creds, launcher, scrape
+from tests.simulator_fixtures import SimFactory, sim_factory_fixture
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture, slurm_fixture
+from tests.waiting import eventually
 
-__all__ = ["slurm_cluster_fixture", "slurm_fixture"]  # the fixtures this module uses
+# the fixtures this module uses
+__all__ = ["launcher", "sim_factory_fixture", "slurm_cluster_fixture", "slurm_fixture"]
 
 PASSWORD = "pw-slurm-Kx7!never-leaks"
 BIN = Path(sys.executable).parent
+POLL = 0.3  # seconds between looks at Slurm or the job's files: there are no events to wait on
 
 
 def worker_executable(tmp_path: Path, body: str) -> Path:
@@ -51,7 +50,7 @@ def worker_executable(tmp_path: Path, body: str) -> Path:
     return path
 
 
-class Scenario:
+class Scenario(OnePool):
     """A service whose only real peer is Slurm: fake bundles, a fake clock for the rules."""
 
     def __init__(
@@ -82,13 +81,12 @@ class Scenario:
         self.backend = self.new_backend()
         self.clock = FakeClock()
         self.bundles = FakeBundles()
-        self.registry = CollectorRegistry()
-        self.service = Service.build(
-            self.settings, registry=self.registry, clock=self.clock, bundles=self.bundles,
+        registry = CollectorRegistry()
+        service = Service.build(
+            self.settings, registry=registry, clock=self.clock, bundles=self.bundles,
             backends={"p": self.backend},
         )  # fmt: skip
-        self.ctx = self.service.ctx
-        self.pool = self.ctx.pools["p"]
+        super().__init__(service, registry)
 
     def new_backend(self) -> SlurmBatchBackend:
         pool = self.settings.pools["p"]
@@ -97,26 +95,8 @@ class Scenario:
         creds = WorkerCredentials("alice", PASSWORD)
         return SlurmBatchBackend("p", options, pool.backend, creds, env=self.env)
 
-    async def cycle(self) -> tuple[str, int]:
-        await poll_bundles(self.ctx, self.pool)
-        await poll_jobs(self.ctx, self.pool)
-        decision, launched = await scale_pool(self.ctx, self.pool)
-        return decision.reason.value, launched
 
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(name, labels)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
-    """Poll ``check`` (Slurm has no events to wait on) until it holds; fail after ``within``."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():  # noqa: ASYNC110 - polling an outside system
-                await asyncio.sleep(0.3)
-    except TimeoutError:
-        raise AssertionError(f"not within {within:g}s: {what}") from None
-
-
+# Sync on purpose: ruff's ASYNC240 flags blocking pathlib calls written in async tests.
 def read(path: Path) -> str:
     return path.read_text()
 
@@ -147,7 +127,7 @@ async def test_pending_then_running_extra_jobs_wait_and_restart_recovers(
             JobState.ACTIVE, JobState.ACTIVE, JobState.PENDING,
         ]  # fmt: skip
 
-    await until(two_run_one_waits, "2 running (2 CPUs), 1 pending")
+    await eventually(two_run_one_waits, "2 running (2 CPUs), 1 pending", within=20, interval=POLL)
     # A new instance (a restarted scaler) finds the same jobs and workers by name.
     before = sorted((j.job_id, j.worker_id, j.state) for j in await s.backend.list_jobs())
     with capture_logs() as logs:
@@ -169,7 +149,7 @@ async def test_credentials_reach_the_worker_only_through_a_0600_file(
     async def dumped() -> bool:
         return exists(env_dump) and exists(job_dir / "job.args")
 
-    await until(dumped, "the worker wrote its environment")
+    await eventually(dumped, "the worker wrote its environment", within=20, interval=POLL)
     args = read(job_dir / "job.args").splitlines()
     password_file = Path(args[args.index("--password-file") + 1])
     assert mode(password_file) == 0o600
@@ -201,7 +181,7 @@ async def test_scaler_stops_at_max_and_when_pending_covers_staged(
     async def running() -> bool:
         return states(list(await s.backend.list_jobs())) == [JobState.ACTIVE]
 
-    await until(running, "the first worker runs")
+    await eventually(running, "the first worker runs", within=20, interval=POLL)
     assert await s.cycle() == ("staged_work", 1)  # active workers do not cover staged work
     reason, launched = await s.cycle()
     assert (reason, launched) == ("pending_covers_staged", 0)
@@ -225,7 +205,7 @@ async def test_a_worker_that_exits_non_zero_is_a_failed_start_and_the_limit_ends
             await poll_jobs(s.ctx, s.pool)
             return s.service.fatal.is_set()
 
-        await until(halted, "two failed starts end the service")
+        await eventually(halted, "two failed starts end the service", within=20, interval=POLL)
     assert s.sample("codalab_scaler_failed_starts_total", pool="p") == 2
     failed = [entry for entry in logs if entry["event"] == "worker.failed_start"]
     assert len(failed) == 2
@@ -255,7 +235,7 @@ async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
     async def recovered() -> bool:
         return await poll_jobs(s.ctx, s.pool)
 
-    await until(recovered, "squeue answers again")
+    await eventually(recovered, "squeue answers again", within=20, interval=POLL)
     assert s.sample("codalab_scaler_observation_ok", pool="p", source="jobs") == 1
     assert await s.cycle() == ("staged_work", 1)
     assert len(await s.backend.list_jobs()) == 2  # the job from before the outage is still known
@@ -282,76 +262,35 @@ async def test_dry_run_writes_the_script_and_submits_nothing(
 
 @pytest.mark.process
 async def test_executable_scales_slurm_workers_for_staged_bundles(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, sim_factory: SimFactory, launcher: Launcher
 ) -> None:
-    sim = CodaLabSimulator(users={"codalab": PASSWORD})
-    await sim.start()
+    sim = await sim_factory(users={"codalab": PASSWORD})
     for _ in range(3):
         sim.add_bundle(duration=600)
-    env = {k: v for k, v in slurm.env.items() if not k.startswith(("CODALAB_", "XDG_"))}
-    env.update({"CODALAB_USERNAME": "codalab", "CODALAB_PASSWORD": PASSWORD})
     job_name = f"e2e{uuid.uuid4().hex[:6]}"
-    argv = [
-        str(BIN / "codalab-scaler"), "--server", sim.url, "--sleep-time", "0.5",
+    scaler = await launcher(
+        "--server", sim.url, "--sleep-time", "0.5",
         "--min-workers", "0", "--max-workers", "2", "--min-seconds-between-workers", "0",
         "--no-prefilter", "--worker-executable", str(BIN / "codalab-sim-worker"),
         "--http-host", "127.0.0.1", "--http-port", "0", "--log-format", "json",
         "slurm-batch", "--partition", slurm.partition, "--gpus", "0", "--memory-mb", "100",
         "--job-name", job_name, "--slurm-work-dir", str(tmp_path / "slurm"),
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+        base=slurm.env, env=creds(PASSWORD),
+    )  # fmt: skip
+    port = (await scaler.event("http.listening", within=30))["port"]
+    await scaler.event("scaler.decided", within=30, reason="at_max", active=2)
+
+    async def workers_registered() -> bool:
+        return len(sim.workers) == 2
+
+    await eventually(
+        workers_registered, "both Slurm workers checked in with CodaLab", within=30, interval=POLL
     )
-    lines: list[dict[str, Any]] = []
-    raw: list[str] = []
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            raw.append(line.decode(errors="replace"))
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-
-    reader = asyncio.create_task(read())
-
-    async def logged(event: str, **fields: Any) -> dict[str, Any]:
-        async with asyncio.timeout(30):
-            while True:
-                for line in lines:
-                    if line.get("event") == event and all(
-                        line.get(k) == v for k, v in fields.items()
-                    ):
-                        return line
-                assert proc.returncode is None, "".join(raw)
-                await asyncio.sleep(0.1)
-
-    try:
-        port = (await logged("http.listening"))["port"]
-        await logged("scaler.decided", reason="at_max", active=2)
-
-        async def workers_registered() -> bool:
-            return len(sim.workers) == 2
-
-        await until(workers_registered, "both Slurm workers checked in with CodaLab", 30)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
-        ):
-            metrics = await resp.text()
-        assert 'codalab_scaler_worker_jobs{pool="default",state="active"} 2.0' in metrics
-        assert 'codalab_scaler_launches_total{outcome="launched",pool="default"} 2.0' in metrics
-        jobs = [name for _, name in slurm.jobs().values() if name.startswith(f"root-{job_name}-")]
-        assert len(jobs) == 2
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-        await reader
-        assert PASSWORD not in "".join(raw) + metrics
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        await sim.stop()
+    _, metrics = await scrape(port)
+    assert 'codalab_scaler_worker_jobs{pool="default",state="active"} 2.0' in metrics
+    assert 'codalab_scaler_launches_total{outcome="launched",pool="default"} 2.0' in metrics
+    jobs = [name for _, name in slurm.jobs().values() if name.startswith(f"root-{job_name}-")]
+    assert len(jobs) == 2
+    scaler.proc.send_signal(signal.SIGTERM)
+    assert await scaler.exit_code(within=15) == 0
+    assert PASSWORD not in "\n".join(scaler.raw) + metrics

@@ -26,6 +26,7 @@ from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures
     sim_factory_fixture,
     sim_fixture,
 )
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 Launch = Callable[..., Awaitable[asyncio.subprocess.Process]]
@@ -64,13 +65,6 @@ async def exit_code(process: asyncio.subprocess.Process, within: float = 15.0) -
     _, stderr = await asyncio.wait_for(process.communicate(), within)
     assert process.returncode is not None, stderr.decode()
     return process.returncode
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_runs_the_staged_bundles_then_exits_when_idle(
@@ -114,7 +108,9 @@ async def test_sigterm_checks_out_and_the_run_is_restaged(
 ) -> None:
     uuid = sim.add_bundle(duration=60)
     process = await launch("--exit-when-idle", "--idle-seconds", "60")
-    await until(lambda: sim.bundles_in_state("running") == [uuid])
+    await eventually(
+        lambda: sim.bundles_in_state("running") == [uuid], "the bundle running", within=10
+    )
     process.send_signal(signal.SIGTERM)
     assert await exit_code(process) == 0
     assert sim.workers == {}

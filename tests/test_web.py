@@ -15,6 +15,7 @@ from codalab_scaler.app import make_app, serve
 from codalab_scaler.service import Service
 from codalab_scaler.settings import Settings
 from tests.fakes import FakeBackend, FakeBundles
+from tests.harness import exported
 
 
 def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> Service:
@@ -149,12 +150,7 @@ async def test_a_signal_during_a_slow_login_still_exits_0() -> None:
 
 async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
     """Alerts on rate()/increase() need the series before the first event."""
-    registry = CollectorRegistry()
-    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"gpu": {}}})
-    Service.build(
-        settings, registry=registry, bundles=FakeBundles(), backends={"gpu": FakeBackend()}
-    )
-    text = generate_latest(registry).decode()
+    text = generate_latest(exported("gpu")).decode()
     for line in (
         'codalab_scaler_launches_total{outcome="refused",pool="gpu"} 0.0',
         'codalab_scaler_decisions_total{pool="gpu",reason="at_max"} 0.0',
@@ -167,9 +163,4 @@ async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
 
 
 async def test_no_created_series_are_exported() -> None:
-    registry = CollectorRegistry()
-    settings = Settings.model_validate({"username": "u", "password": "p", "pools": {"gpu": {}}})
-    Service.build(
-        settings, registry=registry, bundles=FakeBundles(), backends={"gpu": FakeBackend()}
-    )
-    assert "_created" not in generate_latest(registry).decode()
+    assert "_created" not in generate_latest(exported("gpu")).decode()
