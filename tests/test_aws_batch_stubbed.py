@@ -345,3 +345,12 @@ async def test_an_unreachable_endpoint_is_transient(aws_env: None, unused_tcp_po
             await backend.list_jobs()
     finally:
         await backend.aclose()
+
+
+async def test_a_launched_job_that_fails_before_any_listing_is_a_failed_start() -> None:
+    fake = FakeBatch()
+    backend = backend_with(fake)
+    job_id = await backend.launch("w1")
+    fake.described = {job_id: {"jobId": job_id, "status": "FAILED", "statusReason": "no host"}}
+    assert await backend.list_jobs() == [WorkerJob(job_id, JobState.FAILED, "w1", "no host")]
+    assert await backend.list_jobs() == []

@@ -160,6 +160,7 @@ class AwsBatchBackend:
     async def _failed_starts(self, api: BatchClient, jobs: list[WorkerJob]) -> list[WorkerJob]:
         """Jobs listed before that left the listing and ended FAILED (or vanished unstarted)."""
         listed = {job.job_id for job in jobs}
+        known = set(self._live)
         gone = [job_id for job_id in self._live if job_id not in listed]
         described: dict[str, Mapping[str, Any]] = {}
         for start in range(0, len(gone), DESCRIBE_CHUNK):
@@ -186,6 +187,8 @@ class AwsBatchBackend:
             else:  # SUCCEEDED: it served and exited cleanly
                 continue
             failed.append(WorkerJob(job_id, JobState.FAILED, worker_id, reason))
+        # A launch that finished during this poll's awaits is kept for the next one.
+        live.update({k: v for k, v in self._live.items() if k not in known and k not in live})
         self._live = live
         return failed
 
@@ -207,6 +210,7 @@ class AwsBatchBackend:
             self._definition_arn = None  # look again next time: it may have been deregistered
             raise
         job_id = response["jobId"]
+        self._live[job_id] = (worker_id, False)  # a failed start even if no listing ever shows it
         log.info(
             "aws_batch.job_submitted",
             pool=self._pool,
