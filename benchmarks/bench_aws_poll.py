@@ -28,10 +28,10 @@ import aiobotocore
 from aiohttp import web
 
 from benchmarks.report import write_report
-from codalab_scaler.backend_settings import AwsBatchBackendSettings
-from codalab_scaler.backends.aws_batch import AwsBatchBackend
-from codalab_scaler.backends.base import WorkerCredentials
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
+from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.base import WorkerCredentials
 
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 SHARE = {"SUBMITTED": 0.1, "PENDING": 0.1, "RUNNABLE": 0.5, "STARTING": 0.1, "RUNNING": 0.2}

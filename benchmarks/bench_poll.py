@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import write_report
-from codalab_scaler.codalab import CodaLabClient, Credentials, staged_keywords
-from codalab_scaler.codalab.jsonapi import parse_bundles
-from codalab_scaler.decision import Policy, decide
-from codalab_scaler.model import Observation, PoolState
-from codalab_scaler.prefilter import WorkerShape, prefilter
+from codalab_scaler.core.decision import Policy, decide
+from codalab_scaler.core.model import Observation, PoolState
+from codalab_scaler.core.prefilter import WorkerShape, prefilter
 from codalab_scaler.simulator import CodaLabSimulator
+from codalab_scaler.sources.codalab import CodaLabClient, Credentials, staged_keywords
+from codalab_scaler.sources.codalab.jsonapi import parse_bundles
 
 USER, PASSWORD = "codalab", "bench-password"
 

@@ -1,5 +1,5 @@
 """Allow ``python -m codalab_scaler``."""
 
-from codalab_scaler.cli import main
+from codalab_scaler.entry.cli import main
 
 raise SystemExit(main())

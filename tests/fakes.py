@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from codalab_scaler.errors import LaunchRefused, TransientError
-from codalab_scaler.model import JobState, StagedBundle, WorkerJob
+from codalab_scaler.core.errors import LaunchRefused, TransientError
+from codalab_scaler.core.model import JobState, StagedBundle, WorkerJob
 
 
 class FakeClock:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.pollers import poll_bundles, poll_jobs
-from codalab_scaler.scaler import scale_pool
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.service.observe import poll_bundles, poll_jobs
+from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.scale import scale_pool
 from tests.fakes import FakeBackend, FakeBundles
 
 

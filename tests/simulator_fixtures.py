@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest_asyncio
 
-from codalab_scaler.codalab import CodaLabClient, Credentials
-from codalab_scaler.retry import RetryPolicy
 from codalab_scaler.simulator import CodaLabSimulator
+from codalab_scaler.sources.codalab import CodaLabClient, Credentials
+from codalab_scaler.sources.retry import RetryPolicy
 
 USERS = {"codalab": "codalab", "alice": "alice-secret", "bob": "bob-secret"}
 FAST_RETRY = RetryPolicy(max_attempts=3, max_seconds=5.0, initial_backoff=0.01, max_backoff=0.05)

@@ -13,14 +13,14 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from codalab_scaler.backend_settings import AwsBatchBackendSettings
-from codalab_scaler.backends.aws_batch import AwsBatchBackend
-from codalab_scaler.backends.base import WorkerCredentials
-from codalab_scaler.errors import LaunchRefused, RefusedError
-from codalab_scaler.model import JobState, WorkerJob
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.errors import LaunchRefused, RefusedError
+from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.service.runtime import Service
+from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.fakes import FakeBundles
 from tests.moto_server import QUEUE, ROLE_ARN, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
 from tests.waiting import eventually

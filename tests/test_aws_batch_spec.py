@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from codalab_scaler.backends.aws_batch import spec
-from codalab_scaler.cli import build_parser, settings_values, split_search
-from codalab_scaler.errors import ConfigError
-from codalab_scaler.settings import AwsBatchBackendSettings, load_settings
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.config.settings import AwsBatchBackendSettings, load_settings
+from codalab_scaler.core.errors import ConfigError
+from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.entry.cli import build_parser, settings_values, split_search
+from codalab_scaler.sources.backends.aws_batch import spec
 
 INPUTS = spec.DefinitionInputs(
     name="codalab-worker", image="codalab/worker:1", cpus=2, gpus=0, memory_mb=4096,

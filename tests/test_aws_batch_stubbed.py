@@ -24,16 +24,16 @@ from botocore.exceptions import (
 )
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.backend_settings import AwsBatchBackendSettings
-from codalab_scaler.backends.aws_batch import AwsBatchBackend
-from codalab_scaler.backends.aws_batch.errors import translate
-from codalab_scaler.backends.base import WorkerCredentials
-from codalab_scaler.errors import LaunchRefused, RefusedError, TransientError
-from codalab_scaler.model import JobState, WorkerJob
-from codalab_scaler.pollers import poll_jobs
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientError
+from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.service.observe import poll_jobs
+from codalab_scaler.service.runtime import Service
+from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.errors import translate
+from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.fakes import FakeBundles
 from tests.moto_server import aws_env
 

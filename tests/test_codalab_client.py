@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from codalab_scaler.codalab import CodaLabClient, Credentials, staged_keywords
-from codalab_scaler.errors import LoginRefused, RefusedError, TransientError
+from codalab_scaler.core.errors import LoginRefused, RefusedError, TransientError
 from codalab_scaler.simulator import CodaLabSimulator, RecordedRequest
+from codalab_scaler.sources.codalab import CodaLabClient, Credentials, staged_keywords
 from tests.fakes import FakeClock
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     USERS,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from codalab_scaler.cli import build_parser, main, settings_values, split_search
-from codalab_scaler.errors import ConfigError
-from codalab_scaler.settings import load_settings
+from codalab_scaler.config.settings import load_settings
+from codalab_scaler.core.errors import ConfigError
+from codalab_scaler.entry.cli import build_parser, main, settings_values, split_search
 
 ENV = {"CODALAB_USERNAME": "alice", "CODALAB_PASSWORD": "pw-123"}
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from codalab_scaler.decision import Counts, Policy, Reason, count, decide
-from codalab_scaler.model import (
+from codalab_scaler.core.decision import Counts, Policy, Reason, count, decide
+from codalab_scaler.core.model import (
     BundleView,
     InFlightLaunch,
     JobState,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from codalab_scaler.flags import BACKENDS
-from codalab_scaler.settings import PoolSettings, Settings
+from codalab_scaler.config.settings import PoolSettings, Settings
+from codalab_scaler.entry.flags import BACKENDS
 from tests.harness import exported
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.service.runtime import Service
 from codalab_scaler.simulator import CodaLabSimulator
 from tests.fakes import FakeBackend
 from tests.harness import OnePool

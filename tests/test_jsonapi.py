@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from codalab_scaler.codalab.jsonapi import (
+from codalab_scaler.core.model import StagedBundle
+from codalab_scaler.sources.codalab.jsonapi import (
     MalformedBundle,
     MalformedResponse,
     ParsedBundles,
     parse_bundles,
 )
-from codalab_scaler.model import StagedBundle
 
 GIB = 1024**3
 

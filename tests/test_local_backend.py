@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from codalab_scaler.backends.local import LocalBackend
-from codalab_scaler.errors import ConfigError, LaunchRefused
-from codalab_scaler.model import JobState, WorkerJob
-from codalab_scaler.worker_command import (
+from codalab_scaler.core.errors import ConfigError, LaunchRefused
+from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.core.worker_command import (
     WorkerOptions,
     build_command,
     resolve_hostname,
     work_dir_for,
 )
+from codalab_scaler.sources.backends.local import LocalBackend
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -252,8 +252,8 @@ async def _lists_nothing(backend: LocalBackend) -> bool:
 RESTARTED_SCALER = """
 import asyncio, sys
 from pathlib import Path
-from codalab_scaler.backends.local import LocalBackend
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.sources.backends.local import LocalBackend
+from codalab_scaler.core.worker_command import WorkerOptions
 
 async def main() -> None:
     backend = LocalBackend(

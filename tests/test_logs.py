@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from codalab_scaler.logs import configure_logging
+from codalab_scaler.service.logs import configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from codalab_scaler.settings import load_settings
+from codalab_scaler.config.settings import load_settings
 from tests.ops_promql import JOB, ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from codalab_scaler.errors import RefusedError, TransientError
-from codalab_scaler.retry import RetryPolicy, call_with_retry
+from codalab_scaler.core.errors import RefusedError, TransientError
+from codalab_scaler.sources.retry import RetryPolicy, call_with_retry
 
 FAST = RetryPolicy(max_attempts=4, max_seconds=5, initial_backoff=0.001, max_backoff=0.002)
 

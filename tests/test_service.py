@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
-from codalab_scaler.errors import LaunchRefused, TransientError
-from codalab_scaler.scaler import scale_pool
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.errors import LaunchRefused, TransientError
+from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.scale import scale_pool
 from tests.fakes import FakeBackend, FakeBundles, FakeClock
 from tests.harness import OnePool
 from tests.waiting import eventually

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from codalab_scaler.model import FilteredBundle, StagedBundle
-from codalab_scaler.prefilter import WorkerShape, prefilter
-from codalab_scaler.sizes import parse_size
+from codalab_scaler.core.model import FilteredBundle, StagedBundle
+from codalab_scaler.core.prefilter import WorkerShape, prefilter
+from codalab_scaler.core.sizes import parse_size
 
 GiB = 1024**3
 

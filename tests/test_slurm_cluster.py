@@ -19,12 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from codalab_scaler.backends import WorkerCredentials
-from codalab_scaler.backends.slurm import SlurmBatchBackend
-from codalab_scaler.model import JobState, WorkerJob
-from codalab_scaler.pollers import poll_jobs
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.service.observe import poll_jobs
+from codalab_scaler.service.runtime import Service
+from codalab_scaler.sources.backends import WorkerCredentials
+from codalab_scaler.sources.backends.slurm import SlurmBatchBackend
 from tests.fakes import FakeBundles, FakeClock
 from tests.harness import OnePool
 from tests.scaler_process import Launcher, creds, launcher, scrape

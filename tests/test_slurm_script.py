@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from codalab_scaler.backends.slurm import script
-from codalab_scaler.settings import SlurmBatchBackendSettings
-from codalab_scaler.worker_command import WorkerOptions, build_command
+from codalab_scaler.config.settings import SlurmBatchBackendSettings
+from codalab_scaler.core.worker_command import WorkerOptions, build_command
+from codalab_scaler.sources.backends.slurm import script
 
 FILES = script.JobFiles(Path("/scratch/w1"), "alice-codalab-slurm-worker-p-w1")
 PASSWORD_FILE = Path("/scratch/.codalab-password-p")

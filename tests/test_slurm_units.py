@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from codalab_scaler.backends import WorkerCredentials
-from codalab_scaler.backends.slurm import SlurmBatchBackend, commands, squeue
-from codalab_scaler.backends.slurm.credentials import check_password_file, write_password_file
-from codalab_scaler.cli import build_parser, settings_values, split_search
-from codalab_scaler.errors import ConfigError, LaunchRefused, TransientError
-from codalab_scaler.model import JobState
-from codalab_scaler.settings import SlurmBatchBackendSettings, load_settings
-from codalab_scaler.worker_command import WorkerOptions
+from codalab_scaler.config.settings import SlurmBatchBackendSettings, load_settings
+from codalab_scaler.core.errors import ConfigError, LaunchRefused, TransientError
+from codalab_scaler.core.model import JobState
+from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.entry.cli import build_parser, settings_values, split_search
+from codalab_scaler.sources.backends import WorkerCredentials
+from codalab_scaler.sources.backends.slurm import SlurmBatchBackend, commands, squeue
+from codalab_scaler.sources.backends.slurm.credentials import (
+    check_password_file,
+    write_password_file,
+)
 from tests.fakes import FakeClock
 
 USER = "root" if os.geteuid() == 0 else os.environ.get("USER", "")

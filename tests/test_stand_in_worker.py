@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from codalab_scaler.core.worker_command import WorkerOptions, build_command, resolve_hostname
 from codalab_scaler.simulator import CodaLabSimulator
 from codalab_scaler.simulator.stand_in_worker import (
     MAX_RUN_SECONDS,
@@ -20,7 +21,6 @@ from codalab_scaler.simulator.stand_in_worker import (
     parse_args,
     parse_request_time,
 )
-from codalab_scaler.worker_command import WorkerOptions, build_command, resolve_hostname
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     USERS,
     sim_factory_fixture,

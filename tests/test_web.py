@@ -11,9 +11,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
-from codalab_scaler.app import make_app, serve
-from codalab_scaler.service import Service
-from codalab_scaler.settings import Settings
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.service.app import make_app, serve
+from codalab_scaler.service.runtime import Service
 from tests.fakes import FakeBackend, FakeBundles
 from tests.harness import exported
 

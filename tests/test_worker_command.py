@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codalab_scaler.worker_command import (
+from codalab_scaler.core.worker_command import (
     WorkerOptions,
     build_command,
     resolve_hostname,

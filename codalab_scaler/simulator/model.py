@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codalab_scaler.sizes import parse_size
+from codalab_scaler.core.sizes import parse_size
 
 ROOT_USER = "codalab"
 

@@ -17,9 +17,9 @@ import collections
 import time
 from collections.abc import Callable, Mapping
 
+from codalab_scaler.core.sizes import parse_size
 from codalab_scaler.simulator.model import ROOT_USER, SimBundle, SimWorker, int_or_zero
 from codalab_scaler.simulator.wire import Answer, text_response
-from codalab_scaler.sizes import parse_size
 
 FINISHED_RETENTION = 5000  # finished bundles kept for searches; older ones are dropped
 

@@ -1,0 +1,1 @@
+"""Settings: the models every setting is declared in once, and the one loader."""

@@ -1,0 +1,1 @@
+"""Entry points: the ``codalab-scaler`` command line and ``demo``."""

@@ -1,0 +1,1 @@
+"""The running service: its loops, shared state, metrics, HTTP endpoints and lifecycle."""

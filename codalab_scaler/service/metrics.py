@@ -1,0 +1,209 @@
+"""Prometheus metrics on an injected registry.
+
+Counters and histograms record what happened; gauges that mirror the state
+(staged bundles, worker jobs, observation age...) are computed from the
+current snapshot at scrape time by ``SnapshotCollector``, so they can never
+disagree with ``/status``.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from codalab_scaler import __version__
+from codalab_scaler.core.decision import Decision, Policy, Reason, count
+from codalab_scaler.core.model import Snapshot
+
+PREFIX = "codalab_scaler"
+LAUNCH_OUTCOMES = ("launched", "refused", "failed", "dry_run")
+
+
+class Metrics:
+    """Every event metric of the service, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # No *_created series: Prometheus stores each as one more gauge per label set,
+        # and nothing here reads them (process-wide switch; this process is the scaler).
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+        self.registry = registry
+        self.launches = Counter(
+            f"{PREFIX}_launches",
+            "Worker launches by pool and outcome (launched, refused, failed, dry_run).",
+            ["pool", "outcome"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            f"{PREFIX}_decisions",
+            "Scaling decisions by pool and the reason that settled them.",
+            ["pool", "reason"],
+            registry=registry,
+        )
+        self.poll_duration = Histogram(
+            f"{PREFIX}_poll_duration_seconds",
+            "Time taken by one poll of a source (bundles or jobs), retries included.",
+            ["pool", "source"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.poll_errors = Counter(
+            f"{PREFIX}_poll_errors",
+            "Polls that failed after retries, by pool, source and kind (transient, refused).",
+            ["pool", "source", "kind"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            f"{PREFIX}_retries",
+            "Retried calls by peer (codalab, backend); pool is empty for the CodaLab client.",
+            ["peer", "pool"],
+            registry=registry,
+        )
+        self.malformed = Counter(
+            f"{PREFIX}_malformed_bundles",
+            "Bundles skipped because CodaLab returned them malformed (counted per poll).",
+            ["pool"],
+            registry=registry,
+        )
+        self.in_flight_expired = Counter(
+            f"{PREFIX}_in_flight_expired",
+            "Accepted launches that the backend never listed within the in-flight timeout.",
+            ["pool"],
+            registry=registry,
+        )
+        self.failed_starts = Counter(
+            f"{PREFIX}_failed_starts",
+            "Worker jobs that ended failed (non-zero exit, failed by the backend) or never ran.",
+            ["pool"],
+            registry=registry,
+        )
+        # Memory, CPU, open files and start time of the scaler itself (restarts show
+        # as changes of process_start_time_seconds).
+        ProcessCollector(registry=registry)
+        self.retries.labels(peer="codalab", pool="")  # one CodaLab client serves every pool
+        self.build = Info(f"{PREFIX}_build", "Version of codalab-scaler.", registry=registry)
+        self.build.info({"version": __version__, "python": platform.python_version()})
+
+    def init_pool(self, pool: str) -> None:
+        """Export every labelled counter of ``pool`` at 0 from the start.
+
+        A series that appears only on its first increment makes ``rate()`` and
+        ``increase()`` miss that increment and alerts read "no data" as "fine".
+        """
+        for outcome in LAUNCH_OUTCOMES:
+            self.launches.labels(pool=pool, outcome=outcome)
+        for reason in Reason:
+            self.decisions.labels(pool=pool, reason=reason.value)
+        for source in ("bundles", "jobs"):
+            self.poll_duration.labels(pool=pool, source=source)
+            for kind in ("transient", "refused"):
+                self.poll_errors.labels(pool=pool, source=source, kind=kind)
+        self.retries.labels(peer="backend", pool=pool)
+        self.malformed.labels(pool=pool)
+        self.in_flight_expired.labels(pool=pool)
+        self.failed_starts.labels(pool=pool)
+
+    def retry_hook(self, peer: str, pool: str = "") -> Callable[[str, BaseException], None]:
+        counter = self.retries.labels(peer=peer, pool=pool)
+
+        def hook(_source: str, _exc: BaseException) -> None:
+            counter.inc()
+
+        return hook
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeView:
+    """What the collector reads at scrape time."""
+
+    snapshot: Snapshot
+    decisions: Mapping[str, Decision]
+    policies: Mapping[str, Policy]
+    now: float
+
+
+class SnapshotCollector(Collector):
+    """Gauges computed from the current snapshot on every scrape."""
+
+    def __init__(self, view: Callable[[], ScrapeView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        v = self._view()
+        staged = GaugeMetricFamily(
+            f"{PREFIX}_staged_bundles",
+            "Staged bundles this pool's workers can serve (after the prefilter).",
+            labels=["pool"],
+        )
+        filtered = GaugeMetricFamily(
+            f"{PREFIX}_filtered_bundles",
+            "Staged bundles this pool's workers cannot serve, by the resource that is too large.",
+            labels=["pool", "reason"],
+        )
+        jobs = GaugeMetricFamily(
+            f"{PREFIX}_worker_jobs",
+            "Worker jobs by state; pending includes accepted launches not listed yet.",
+            labels=["pool", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_in_flight_launches",
+            "Launches the backend accepted but does not list yet.",
+            labels=["pool"],
+        )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_observation_age_seconds",
+            "Seconds since the last successful poll of a source.",
+            labels=["pool", "source"],
+        )
+        ok = GaugeMetricFamily(
+            f"{PREFIX}_observation_ok",
+            "1 when the last poll of a source succeeded, 0 when it failed or never succeeded.",
+            labels=["pool", "source"],
+        )
+        limits = GaugeMetricFamily(
+            f"{PREFIX}_pool_workers_limit",
+            "The pool's configured worker limits (bound = min or max).",
+            labels=["pool", "bound"],
+        )
+        last = GaugeMetricFamily(
+            f"{PREFIX}_last_decision",
+            "1 for the reason of the pool's latest decision, 0 for the others.",
+            labels=["pool", "reason"],
+        )
+        for pool, state in sorted(v.snapshot.pools.items()):
+            counts = count(state)
+            staged.add_metric([pool], counts.staged)
+            by_reason = {"cpus": 0, "gpus": 0, "memory": 0}
+            if state.bundles.value is not None:
+                for item in state.bundles.value.filtered:
+                    by_reason[item.reason] = by_reason.get(item.reason, 0) + 1
+            for reason, n in sorted(by_reason.items()):
+                filtered.add_metric([pool, reason], n)
+            jobs.add_metric([pool, "pending"], counts.pending)
+            jobs.add_metric([pool, "active"], counts.active)
+            in_flight.add_metric([pool], len(state.in_flight))
+            for source, obs in (("bundles", state.bundles), ("jobs", state.jobs)):
+                a = obs.age(v.now)
+                if a is not None:
+                    age.add_metric([pool, source], a)
+                ok.add_metric([pool, source], 1.0 if obs.ok else 0.0)
+            policy = v.policies.get(pool)
+            if policy is not None:
+                limits.add_metric([pool, "min"], policy.min_workers)
+                limits.add_metric([pool, "max"], policy.max_workers)
+            decision = v.decisions.get(pool)
+            if decision is not None:
+                for reason in Reason:
+                    last.add_metric([pool, reason.value], 1.0 if decision.reason is reason else 0.0)
+        yield from (staged, filtered, jobs, in_flight, age, ok, limits, last)

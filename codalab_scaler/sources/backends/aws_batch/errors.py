@@ -1,0 +1,67 @@
+"""botocore's exceptions in the scaler's vocabulary: try again, or a refusal.
+
+Transient: throttling, HTTP 429 and 5xx, connection errors and timeouts,
+credentials that could not be fetched *this time* (instance metadata).
+Refused: any other answer of AWS (4xx: unknown queue, invalid definition,
+access denied), no credentials at all, or parameters botocore rejects
+before sending.  Anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from codalab_scaler.core.errors import RefusedError, TransientError
+
+THROTTLING = frozenset(
+    {
+        "TooManyRequestsException",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+    }
+)
+
+
+def is_transient(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in THROTTLING or status == 429 or status >= 500
+
+
+def describe(error: ClientError) -> str:
+    info = error.response.get("Error", {})
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+    return f"{info.get('Code', 'Unknown')} (HTTP {status}): {info.get('Message', '')}".rstrip(": ")
+
+
+@contextmanager
+def translate(operation: str, refused: type[RefusedError] = RefusedError) -> Iterator[None]:
+    """Raise ``TransientError`` or ``refused`` for what ``operation`` raised inside."""
+    try:
+        yield
+    except ClientError as exc:
+        kind = TransientError if is_transient(exc) else refused
+        raise kind(f"AWS Batch {operation}: {describe(exc)}") from exc
+    except (BotoConnectionError, HTTPClientError, CredentialRetrievalError) as exc:
+        # botocore's ConnectionError covers EndpointConnectionError and ConnectTimeoutError;
+        # HTTPClientError covers ReadTimeoutError and ConnectionClosedError.
+        raise TransientError(f"AWS Batch {operation}: {type(exc).__name__}: {exc}") from exc
+    except (NoCredentialsError, PartialCredentialsError, ParamValidationError) as exc:
+        raise refused(f"AWS Batch {operation}: {type(exc).__name__}: {exc}") from exc

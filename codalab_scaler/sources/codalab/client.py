@@ -1,0 +1,332 @@
+"""The CodaLab REST client: OAuth2 password grant, token refresh, paged staged-bundle search.
+
+Wire rules follow ``codalab-rest-contract.md``.  Every request carries
+``X-Requested-With: XMLHttpRequest`` (without it an auth failure is a 303 to
+the login page, not a 401).  Every request goes through ``call_with_retry``:
+connection errors, timeouts, 5xx and 429 are ``TransientError`` and retried;
+other 4xx are ``RefusedError`` and are not.
+
+The expired-token trap: ``GET /rest/bundles`` with a bad token answers 200
+as the anonymous user (``data: []`` with ``.mine``).  So after the pages are
+fetched the token is confirmed on ``GET /rest/workers/info``, which does
+answer 401; a rejected token means the view was anonymous and is fetched
+again after a fresh login.  Tokens and the password never appear in logs or
+error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+
+from codalab_scaler.core.errors import LoginRefused, RefusedError, TransientError
+from codalab_scaler.core.model import StagedBundle
+from codalab_scaler.sources.codalab.jsonapi import (
+    MalformedBundle,
+    MalformedResponse,
+    ParsedBundles,
+    parse_bundles,
+)
+from codalab_scaler.sources.retry import RetryHook, RetryPolicy, call_with_retry
+
+log = structlog.get_logger()
+
+CLIENT_ID = "codalab_cli_client"
+BASIC_CLIENT_AUTH = "Basic " + base64.b64encode(f"{CLIENT_ID}:".encode()).decode()
+ROOT_USER = "codalab"
+REFRESH_MARGIN_MAX = 600.0  # the original refreshes when fewer than 10 minutes remain
+MAX_PAGES = 1000  # 500 000 staged bundles at the default page size: far past any real queue
+_SNIPPET = 120
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A CodaLab user name and password; the password never shows in repr/str."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class TokenRejected(RefusedError):
+    """The server answered 401 to a bearer-authenticated request."""
+
+
+def staged_keywords(
+    username: str, search: Sequence[str], worker_tag: str | None, tag_exclusive: bool
+) -> list[str]:
+    """The search keywords exactly as the original worker manager builds them."""
+    keywords = ["state=staged", *search]
+    if username != ROOT_USER:
+        # Workers of the root user serve everybody; anyone else only sees their own.
+        keywords.append(".mine")
+    if tag_exclusive and worker_tag:
+        # A comma value is an SQL IN: matches both stored spellings of the tag.
+        keywords.append(f"request_queue={worker_tag},tag={worker_tag}")
+    return keywords
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    access: str
+    refresh: str | None
+    expires_at: float
+    expires_in: float
+
+
+class CodaLabClient:
+    """Talks to one CodaLab server as one user."""
+
+    def __init__(
+        self,
+        server: str,
+        credentials: Credentials,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        request_timeout: float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        on_retry: RetryHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        page_size: int = 500,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._server = server.rstrip("/")
+        self._credentials = credentials
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._retry = retry
+        self._on_retry = on_retry
+        self._clock = clock
+        self._page_size = page_size
+        # Per search (each pool has its own): the malformed bundles already warned about.
+        self._malformed_seen: dict[tuple[str, ...], set[tuple[str | None, str]]] = {}
+        self._token: _Token | None = None
+        self._token_lock = asyncio.Lock()
+
+    @property
+    def username(self) -> str:
+        return self._credentials.username
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    # --- authentication -------------------------------------------------------------------
+
+    async def login(self) -> None:
+        """Password grant.  ``LoginRefused`` on bad credentials, ``TransientError`` otherwise."""
+        async with self._token_lock:
+            await self._password_grant()
+
+    async def _password_grant(self) -> None:
+        form = {
+            "grant_type": "password",
+            "username": self._credentials.username,
+            "password": self._credentials.password,
+        }
+        try:
+            self._token = await self._token_request(form)
+        except TokenRejected as exc:
+            raise LoginRefused(f"CodaLab refused the login of {self.username!r}: {exc}") from None
+        log.info("codalab.login", server=self._server, username=self.username)
+
+    async def _refresh_grant(self, refresh_token: str) -> None:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        self._token = await self._token_request(form)
+        log.info("codalab.token_refreshed", server=self._server, username=self.username)
+
+    async def _token_request(self, form: dict[str, str]) -> _Token:
+        headers = {"Authorization": BASIC_CLIENT_AUTH}
+        body = await self._request("POST", "/rest/oauth2/token", headers=headers, data=form)
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise MalformedResponse("token endpoint: no access_token in the answer")
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        refresh = body.get("refresh_token")
+        return _Token(
+            access=body["access_token"],
+            refresh=refresh if isinstance(refresh, str) else None,
+            expires_at=self._clock() + lifetime,
+            expires_in=lifetime,
+        )
+
+    async def _ensure_token(self) -> str:
+        """A token with enough life left: refreshed near expiry, re-logged in if refresh fails."""
+        async with self._token_lock:
+            token = self._token
+            if token is None:
+                await self._password_grant()
+            elif token.expires_at - self._clock() < min(REFRESH_MARGIN_MAX, token.expires_in / 2):
+                await self._renew(token)
+            assert self._token is not None
+            return self._token.access
+
+    async def _renew(self, token: _Token) -> None:
+        if token.refresh is None:
+            await self._password_grant()
+            return
+        try:
+            await self._refresh_grant(token.refresh)
+        except RefusedError as exc:
+            log.info("codalab.token_refresh_refused", username=self.username, error=str(exc))
+            await self._password_grant()
+        except TransientError as exc:
+            if token.expires_at <= self._clock():
+                raise
+            # The old token is still good for a while: use it and try again next time.
+            log.warning("codalab.token_refresh_failed", username=self.username, error=str(exc))
+
+    async def _forget_token(self, rejected: str) -> None:
+        async with self._token_lock:
+            if self._token is not None and self._token.access == rejected:
+                self._token = None
+
+    # --- staged bundles -------------------------------------------------------------------
+
+    async def fetch_staged(self, keywords: Sequence[str]) -> ParsedBundles:
+        """Every bundle matching ``keywords``, all pages, read with a token the server accepted."""
+        for attempt in (1, 2):
+            token = await self._ensure_token()
+            try:
+                parsed, pages = await self._fetch_pages(keywords, token)
+                await self._get_json("/rest/workers/info", token)
+            except TokenRejected:
+                log.warning("codalab.token_rejected", username=self.username, attempt=attempt)
+                await self._forget_token(token)
+                continue
+            # Warn once per bad bundle, not on every poll while it stays staged.
+            current = {(bad.uuid, bad.reason) for bad in parsed.malformed}
+            search = tuple(keywords)
+            for uuid, reason in sorted(current - self._malformed_seen.get(search, set()), key=str):
+                log.warning("codalab.bundle_malformed", uuid=uuid, reason=reason)
+            self._malformed_seen[search] = current
+            log.debug(
+                "codalab.staged_fetched",
+                bundles=len(parsed.bundles),
+                malformed=len(parsed.malformed),
+                pages=pages,
+            )
+            return parsed
+        raise TransientError("CodaLab rejected a freshly issued token (401 on /rest/workers/info)")
+
+    async def _fetch_pages(self, keywords: Sequence[str], token: str) -> tuple[ParsedBundles, int]:
+        bundles: dict[str, StagedBundle] = {}
+        malformed: list[MalformedBundle] = []
+        for page in range(MAX_PAGES):
+            offset = page * self._page_size
+            # The original also sends worksheet=None; the server ignores it (contract 2).
+            params = [("include", "owner")]
+            params += [("keywords", keyword) for keyword in keywords]
+            params += [
+                ("keywords", "id=.sort"),
+                ("keywords", f".limit={self._page_size}"),
+                ("keywords", f".offset={offset}"),
+            ]
+            parsed = parse_bundles(await self._get_json("/rest/bundles", token, params))
+            new = [bundle for bundle in parsed.bundles if bundle.uuid not in bundles]
+            bundles.update((bundle.uuid, bundle) for bundle in new)
+            malformed.extend(parsed.malformed)
+            if len(parsed.bundles) + len(parsed.malformed) < self._page_size:
+                return ParsedBundles(tuple(bundles.values()), tuple(malformed)), page + 1
+            if not new and not parsed.malformed:
+                # A full page of bundles already seen: the server ignores .offset.
+                log.warning("codalab.paging_stalled", offset=offset)
+                return ParsedBundles(tuple(bundles.values()), tuple(malformed)), page + 1
+        raise MalformedResponse(f"bundle search: more than {MAX_PAGES} full pages")
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def _get_json(
+        self, path: str, token: str, params: Sequence[tuple[str, str]] = ()
+    ) -> object:
+        headers = {"Authorization": f"Bearer {token}"}
+        return await self._request("GET", path, headers=headers, params=params)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Sequence[tuple[str, str]] = (),
+        data: dict[str, str] | None = None,
+    ) -> object:
+        async def attempt() -> object:
+            return await self._attempt(method, path, headers=headers, params=params, data=data)
+
+        return await call_with_retry("codalab", attempt, self._retry, self._on_retry)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Sequence[tuple[str, str]],
+        data: dict[str, str] | None,
+    ) -> object:
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession()
+        try:
+            async with session.request(
+                method,
+                self._server + path,
+                params=list(params),
+                data=data,
+                headers={**headers, "X-Requested-With": "XMLHttpRequest"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                text = await response.text(errors="replace")
+        except TimeoutError:
+            raise TransientError(f"{method} {path}: timed out") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransientError(f"{method} {path}: {type(exc).__name__}") from None
+        if 200 <= status < 300:
+            return _decode_json(text, path)
+        message = f"{method} {path} answered {status}: {self._scrub(text)}"
+        if status == 429 or status >= 500:
+            raise TransientError(message)
+        if status == 401 or (path.endswith("/token") and _oauth_error(text) == "invalid_grant"):
+            raise TokenRejected(message)
+        raise RefusedError(message)
+
+    def _scrub(self, text: str) -> str:
+        """A short one-line excerpt of an error body, with any secret of ours blanked out."""
+        secrets = [self._credentials.password]
+        if self._token is not None:
+            secrets += [self._token.access, self._token.refresh or ""]
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return " ".join(text.split())[:_SNIPPET]
+
+
+def _decode_json(text: str, path: str) -> object:
+    try:
+        decoded: object = json.loads(text)
+    except ValueError:
+        raise MalformedResponse(f"{path}: the answer is not JSON") from None
+    return decoded
+
+
+def _oauth_error(text: str) -> object:
+    """The ``error`` field of an OAuth2 JSON error body, if there is one."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    return body.get("error") if isinstance(body, dict) else None

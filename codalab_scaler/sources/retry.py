@@ -1,0 +1,69 @@
+"""Bounded, jittered, counted retries of transient errors (tenacity).
+
+Only ``TransientError`` is retried: never a bare ``Exception``.  Each retry
+calls ``on_retry(source)`` so the caller can count it in a metric without
+this module knowing about Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from codalab_scaler.core.errors import TransientError
+
+T = TypeVar("T")
+
+RetryHook = Callable[[str, BaseException], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: attempts and total time both bound the effort."""
+
+    max_attempts: int = 4
+    max_seconds: float = 20.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+
+
+async def call_with_retry(
+    source: str,
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    on_retry: RetryHook | None = None,
+) -> T:
+    """Await ``fn()``; on ``TransientError`` wait and try again within ``policy``.
+
+    The last error propagates when attempts or time run out.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(source, exc)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_seconds),
+        wait=wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
+        + wait_random(0, policy.initial_backoff),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
