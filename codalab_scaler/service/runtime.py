@@ -97,7 +97,9 @@ class Service:
             backend = (
                 backends[name]
                 if backends is not None
-                else create_backend(name, pool, settings.server, credentials)
+                else create_backend(
+                    name, pool.backend, pool.worker_options(settings.server), credentials
+                )
             )
             closers.append(backend.aclose)
             metrics.init_pool(name)

@@ -1,42 +1,56 @@
-"""Backends and the explicit factory that picks one per pool (no plugin magic).
+"""Backends and the seam the service opens them through (no plugin magic).
 
-Each backend module is imported only when a pool uses it, so a deployment
-of one backend does not need the others' libraries to start.
+``open_backend`` is an async context manager: the service enters it in its
+lifecycle and leaves it on every exit path; leaving releases clients and
+connections while the workers keep running.  Each backend module is
+imported only when a pool uses it, so a deployment of one backend does not
+need the others' libraries to start.
 """
 
 from __future__ import annotations
 
-from codalab_scaler.config.settings import (
-    AwsBatchBackendSettings,
-    LocalBackendSettings,
-    PoolSettings,
-    SlurmBatchBackendSettings,
-)
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.base import Backend, WorkerCredentials
 
-__all__ = ["Backend", "WorkerCredentials", "create_backend"]
+__all__ = ["Backend", "WorkerCredentials", "create_backend", "open_backend"]
 
 
 def create_backend(
-    pool: str, settings: PoolSettings, server: str, credentials: WorkerCredentials
-) -> Backend:
-    """Build the backend a pool's settings name.
+    pool: str, settings: Any, options: WorkerOptions, credentials: WorkerCredentials
+) -> Any:
+    """Build the backend ``settings`` (a pool's ``backend`` table) name, for pool ``pool``.
 
     ``credentials`` are what a worker needs to reach CodaLab; each backend
-    decides how to hand them over safely.
+    decides how to hand them over safely.  Prefer ``open_backend``, which
+    also closes it.
     """
-    backend = settings.backend
-    options = settings.worker_options(server)
-    if isinstance(backend, LocalBackendSettings):
+    kind = settings.kind
+    if kind == "local":
         from codalab_scaler.sources.backends.local import LocalBackend
 
-        return LocalBackend(pool, options, backend.state_dir, env=credentials.env())
-    if isinstance(backend, AwsBatchBackendSettings):
+        return LocalBackend(pool, options, settings.state_dir, env=credentials.env())
+    if kind == "aws-batch":
         from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
 
-        return AwsBatchBackend(pool, options, backend, credentials)
-    if isinstance(backend, SlurmBatchBackendSettings):
+        return AwsBatchBackend(pool, options, settings, credentials)
+    if kind == "slurm-batch":
         from codalab_scaler.sources.backends.slurm import SlurmBatchBackend
 
-        return SlurmBatchBackend(pool, options, backend, credentials)
-    raise AssertionError(f"no backend for {backend!r}")  # pragma: no cover - settings validated
+        return SlurmBatchBackend(pool, options, settings, credentials)
+    raise AssertionError(f"no backend for {kind!r}")  # pragma: no cover - settings validated
+
+
+@asynccontextmanager
+async def open_backend(
+    pool: str, settings: Any, options: WorkerOptions, credentials: WorkerCredentials
+) -> AsyncIterator[Backend]:
+    """Open the backend ``settings`` name for ``pool``; leaving closes it (workers keep running)."""
+    backend = create_backend(pool, settings, options, credentials)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
