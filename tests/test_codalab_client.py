@@ -250,8 +250,10 @@ async def test_malformed_bundles_are_skipped_and_logged(
     assert [(m.uuid, m.reason) for m in parsed.malformed] == [
         ("0xbad", "metadata is not an object")
     ]
-    malformed = [e for e in logs if e["event"] == "codalab.bundle_malformed"]
-    assert [(e["uuid"], e["reason"]) for e in malformed] == [("0xbad", "metadata is not an object")]
+    malformed = [e for e in logs if e["event"] == "codalab.bundles_malformed"]
+    assert [(e["count"], e["examples"]) for e in malformed] == [
+        (1, [{"uuid": "0xbad", "reason": "metadata is not an object"}])
+    ]
 
 
 @pytest.mark.parametrize("status", [500, 502, 429])
@@ -372,5 +374,5 @@ async def test_a_malformed_bundle_is_warned_once_per_search_with_several_pools(
         for _ in range(3):  # pool a's search sees the bad bundle, pool b's does not
             assert (await client.fetch_staged(["state=staged", "gpu"])).malformed
             assert not (await client.fetch_staged(["state=staged"])).malformed
-    malformed = [e for e in logs if e["event"] == "codalab.bundle_malformed"]
-    assert [e["uuid"] for e in malformed] == ["0xbad"]
+    malformed = [e for e in logs if e["event"] == "codalab.bundles_malformed"]
+    assert [[x["uuid"] for x in e["examples"]] for e in malformed] == [["0xbad"]]

@@ -193,8 +193,11 @@ class CodaLabSimulator:
         self.expire_silent_workers()
         return [b.uuid for b in self._bundles.values() if b.state == state]
 
-    def fail_next(self, count: int, status: int = 500, path_prefix: str = "/rest/") -> None:
-        self._faults.fail_next(count, status, path_prefix)
+    def fail_next(
+        self, count: int, status: int = 500, path_prefix: str = "/rest/", *, echo_body: bool = False
+    ) -> None:
+        """Answer the next ``count`` requests under ``path_prefix`` with ``status``."""
+        self._faults.fail_next(count, status, path_prefix, echo_body=echo_body)
 
     def delay_next(self, count: int, seconds: float, path_prefix: str = "/rest/") -> None:
         self._faults.delay_next(count, seconds, path_prefix)
@@ -239,7 +242,7 @@ class CodaLabSimulator:
             # Bounded for long demo runs: drop the oldest half at once (amortised O(1)).
             del self.requests[: len(self.requests) - self.record_limit // 2]
         self.expire_silent_workers()
-        injected = await self._faults.apply(request.path)
+        injected = await self._faults.apply(request.path, body)
         if injected is not None:
             return injected
         try:

@@ -11,7 +11,16 @@ as the anonymous user (``data: []`` with ``.mine``).  So after the pages are
 fetched the token is confirmed on ``GET /rest/workers/info``, which does
 answer 401; a rejected token means the view was anonymous and is fetched
 again after a fresh login.  Tokens and the password never appear in logs or
-error messages.
+error messages: the token endpoint's answer body is never quoted (a server
+may echo the posted form), and every other excerpt is scrubbed of each
+secret in every spelling a server may echo (plain, form- and URL-encoded,
+JSON-escaped).
+
+At start-up a token endpoint that refuses with anything but "wrong
+password" (403 from an auth proxy, 404 from a wrong ``--server``) is a
+``LoginRefused`` that names the answer and what to check, so the process
+exits 2 with one line instead of a traceback.  Later in the run the same
+refusal is a failed view like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -44,6 +55,16 @@ ROOT_USER = "codalab"
 REFRESH_MARGIN_MAX = 600.0  # the original refreshes when fewer than 10 minutes remain
 MAX_PAGES = 1000  # 500 000 staged bundles at the default page size: far past any real queue
 _SNIPPET = 120
+TOKEN_PATH = "/rest/oauth2/token"  # noqa: S105 - an endpoint's path, not a token
+MALFORMED_EXAMPLES = 5  # bundles named in the one warning per poll; the rest go to debug
+# What to check when the token endpoint refuses for a reason other than the password.
+_LOGIN_HINTS = {
+    403: "an auth proxy or firewall in front of CodaLab refuses the scaler; "
+    "check its rules for this path",
+    404: "there is no CodaLab token endpoint at this address; check --server "
+    "(the CodaLab base URL, e.g. https://worksheets.codalab.org)",
+}
+_LOGIN_HINT_OTHER = "check --server: it must be the base URL of a CodaLab server"
 DEFAULT_RETRY = RetryPolicy()
 
 
@@ -55,7 +76,15 @@ class Credentials:
     password: str = field(repr=False)
 
 
-class TokenRejected(RefusedError):
+class HttpRefused(RefusedError):
+    """The server answered a 4xx that retrying will not change."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenRejected(HttpRefused):
     """The server answered 401 to a bearer-authenticated request."""
 
 
@@ -139,6 +168,11 @@ class CodaLabClient:
             self._token = await self._token_request(form)
         except TokenRejected as exc:
             raise LoginRefused(f"CodaLab refused the login of {self.username!r}: {exc}") from None
+        except HttpRefused as exc:
+            hint = _LOGIN_HINTS.get(exc.status, _LOGIN_HINT_OTHER)
+            raise LoginRefused(
+                f"POST {self._server}{TOKEN_PATH} answered {exc.status}: {hint}"
+            ) from None
         log.info("codalab.login", server=self._server, username=self.username)
 
     async def _refresh_grant(self, refresh_token: str) -> None:
@@ -148,7 +182,7 @@ class CodaLabClient:
 
     async def _token_request(self, form: dict[str, str]) -> _Token:
         headers = {"Authorization": BASIC_CLIENT_AUTH}
-        body = await self._request("POST", "/rest/oauth2/token", headers=headers, data=form)
+        body = await self._request("POST", TOKEN_PATH, headers=headers, data=form)
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             raise MalformedResponse("token endpoint: no access_token in the answer")
         expires_in = body.get("expires_in")
@@ -208,8 +242,7 @@ class CodaLabClient:
             # Warn once per bad bundle, not on every poll while it stays staged.
             current = {(bad.uuid, bad.reason) for bad in parsed.malformed}
             search = tuple(keywords)
-            for uuid, reason in sorted(current - self._malformed_seen.get(search, set()), key=str):
-                log.warning("codalab.bundle_malformed", uuid=uuid, reason=reason)
+            _log_malformed(sorted(current - self._malformed_seen.get(search, set()), key=str))
             self._malformed_seen[search] = current
             log.debug(
                 "codalab.staged_fetched",
@@ -297,22 +330,57 @@ class CodaLabClient:
             raise TransientError(f"{method} {path}: {type(exc).__name__}") from None
         if 200 <= status < 300:
             return _decode_json(text, path)
-        message = f"{method} {path} answered {status}: {self._scrub(text)}"
+        message = f"{method} {path} answered {status}"
+        if path != TOKEN_PATH:
+            # The token endpoint's body may repeat the posted form: never quoted.
+            message += f": {self._scrub(text)}"
         if status == 429 or status >= 500:
             raise TransientError(message)
-        if status == 401 or (path.endswith("/token") and _oauth_error(text) == "invalid_grant"):
-            raise TokenRejected(message)
-        raise RefusedError(message)
+        if status == 401 or (path == TOKEN_PATH and _oauth_error(text) == "invalid_grant"):
+            raise TokenRejected(message, status)
+        raise HttpRefused(message, status)
 
     def _scrub(self, text: str) -> str:
         """A short one-line excerpt of an error body, with any secret of ours blanked out."""
         secrets = [self._credentials.password]
         if self._token is not None:
             secrets += [self._token.access, self._token.refresh or ""]
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return " ".join(text.split())[:_SNIPPET]
+        return " ".join(scrub(text, secrets).split())[:_SNIPPET]
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every spelling of every secret (longest first) replaced by ``***``."""
+    for spelling in sorted(set(_spellings(secrets)), key=len, reverse=True):
+        text = text.replace(spelling, "***")
+    return text
+
+
+def _spellings(secrets: Sequence[str]) -> Iterator[str]:
+    """Each secret as a server may echo it: plain, form- and URL-encoded, JSON-escaped."""
+    for secret in secrets:
+        if not secret:
+            continue
+        yield secret
+        yield urllib.parse.quote_plus(secret)
+        yield urllib.parse.quote(secret, safe="")
+        yield urllib.parse.quote(secret)
+        yield json.dumps(secret)[1:-1]
+        yield json.dumps(secret, ensure_ascii=False)[1:-1]
+
+
+def _log_malformed(new: Sequence[tuple[str | None, str]]) -> None:
+    """One warning for the bundles newly found malformed in a poll; each one at debug."""
+    if not new:
+        return
+    reasons = Counter(reason for _uuid, reason in new)
+    log.warning(
+        "codalab.bundles_malformed",
+        count=len(new),
+        examples=[{"uuid": uuid, "reason": reason} for uuid, reason in new[:MALFORMED_EXAMPLES]],
+        reasons=dict(reasons.most_common(MALFORMED_EXAMPLES)),
+    )
+    for uuid, reason in new:
+        log.debug("codalab.bundle_malformed", uuid=uuid, reason=reason)
 
 
 def _decode_json(text: str, path: str) -> object:
