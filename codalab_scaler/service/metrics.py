@@ -24,8 +24,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from codalab_scaler import __version__
-from codalab_scaler.core.decision import Decision, Policy, Reason, count
-from codalab_scaler.core.model import Snapshot
+from codalab_scaler.core.decision import Decision, Policy, Reason, count, decide
+from codalab_scaler.core.model import BundleView, Observation, PoolState, Snapshot
 
 PREFIX = "codalab_scaler"
 LAUNCH_OUTCOMES = ("launched", "refused", "failed", "dry_run")
@@ -207,3 +207,34 @@ class SnapshotCollector(Collector):
                 for reason in Reason:
                     last.add_metric([pool, reason.value], 1.0 if decision.reason is reason else 0.0)
         yield from (staged, filtered, jobs, in_flight, age, ok, limits, last)
+
+
+def reference_registry(pool: str = "<pool>") -> CollectorRegistry:
+    """Every metric family the service exports, on a fresh registry, with no service.
+
+    The event metrics of one pool ``pool`` (at 0), the build info, the process
+    metrics, and the snapshot gauges over a one-pool snapshot whose sources were
+    both observed empty, so that every family has samples and shows its labels.
+    The generated metrics reference (``docs/generate.py``) is written from it.
+    """
+    registry = CollectorRegistry()
+    Metrics(registry).init_pool(pool)
+    state = PoolState(
+        bundles=Observation(value=BundleView(), observed_at=0.0),
+        jobs=Observation(value=(), observed_at=0.0),
+    )
+    policy = Policy(
+        min_workers=0,
+        max_workers=0,
+        min_seconds_between_workers=0,
+        staleness_seconds=1.0,
+        max_launches_per_pass=1,
+    )
+    view = ScrapeView(
+        snapshot=Snapshot(taken_at=0.0, pools={pool: state}),
+        decisions={pool: decide(state, policy, 0.0)},
+        policies={pool: policy},
+        now=0.0,
+    )
+    registry.register(SnapshotCollector(lambda: view))
+    return registry
