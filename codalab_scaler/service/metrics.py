@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from codalab_scaler import __version__
-from codalab_scaler.core.decision import Decision, Policy, Reason, count
+from codalab_scaler.core.decision import Policy, Reason, count
 from codalab_scaler.core.model import Snapshot
 
 PREFIX = "codalab_scaler"
@@ -128,7 +128,6 @@ class ScrapeView:
     """What the collector reads at scrape time."""
 
     snapshot: Snapshot
-    decisions: Mapping[str, Decision]
     policies: Mapping[str, Policy]
     now: float
 
@@ -202,7 +201,7 @@ class SnapshotCollector(Collector):
             if policy is not None:
                 limits.add_metric([pool, "min"], policy.min_workers)
                 limits.add_metric([pool, "max"], policy.max_workers)
-            decision = v.decisions.get(pool)
+            decision = state.last_decision
             if decision is not None:
                 for reason in Reason:
                     last.add_metric([pool, reason.value], 1.0 if decision.reason is reason else 0.0)
