@@ -38,8 +38,9 @@ T = TypeVar("T")
 class Overrides:
     """Test doubles that replace what the app would open: the bundle source, backends by pool.
 
-    The app does not open a double; it leaves it as a backend is left (its
-    ``aclose``, when it has one, is awaited on the way out).
+    A pool missing from ``backends`` gets its real backend.  The app does not
+    open a double; it leaves it as a backend is left (its ``aclose``, when it
+    has one, is awaited on the way out).
     """
 
     bundles: BundleSource | None = None
@@ -121,12 +122,12 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
     if login:
         await log_in(bundles)
     credentials = WorkerCredentials(settings.username, password, settings.password_file)
-    lent = parts.overrides.backends
+    lent = parts.overrides.backends or {}
     pools: dict[str, PoolRuntime] = {}
     for name, pool in settings.pools.items():
         opener = (
             _aclosing(lent[name])
-            if lent is not None
+            if name in lent
             else open_backend(name, pool.backend, pool.worker_options(settings.server), credentials)
         )
         backend = await stack.enter_async_context(_closed_quietly(f"backend:{name}", opener))
