@@ -43,6 +43,9 @@ class FakeBundles:
             StagedBundle(f"0x{i:032x}", cpus, 0, 2 << 30, "") for i in range(start, start + n)
         ]
 
+    async def login(self) -> None:
+        """A test double has no credentials to check."""
+
     async def fetch_staged(self, keywords: Sequence[str]) -> Parsed:
         self.calls.append(tuple(keywords))
         if self.delay:

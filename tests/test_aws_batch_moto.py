@@ -18,10 +18,12 @@ from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import LaunchRefused, RefusedError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.loops import run_once
+from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
 from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.fakes import FakeBundles
+from tests.harness import opened
 from tests.moto_server import QUEUE, ROLE_ARN, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
 from tests.waiting import eventually
 
@@ -250,11 +252,9 @@ async def test_a_refusing_pool_is_counted_and_the_others_go_on(moto: MotoBatch) 
     bundles = FakeBundles()
     bundles.stage(2)
     registry = CollectorRegistry()
-    service = Service.build(settings, registry=registry, bundles=bundles)
-    try:
-        result = await service.run_once()
-    finally:
-        await service.stop()
+    overrides = Overrides(bundles=bundles)  # every backend is the real one, on moto
+    async with opened(settings, registry=registry, overrides=overrides) as ctx:
+        result = await run_once(ctx)
 
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
@@ -266,5 +266,5 @@ async def test_a_refusing_pool_is_counted_and_the_others_go_on(moto: MotoBatch) 
         "codalab_scaler_poll_errors_total", pool="badqueue", source="jobs", kind="refused"
     )
     assert sample("codalab_scaler_launches_total", pool="badqueue", outcome="launched") == 0
-    assert not service.fatal.is_set()
+    assert not ctx.fatal.is_set()
     assert {name.split("-")[2] for name in moto.statuses()} == {"good"}

@@ -25,11 +25,13 @@ from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.service.loops import run_once
 from codalab_scaler.service.observe import poll_jobs
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
 from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.fakes import FakeBundles
+from tests.harness import opened
 from tests.moto_server import (
     QUEUE,
     REGION,
@@ -217,20 +219,20 @@ async def test_the_service_counts_the_running_worker_active(moto: MotoBatch) -> 
         {"username": "codalab", "password": "pw-not-used-here", "pools": {"p": pool}}
     )
     registry = CollectorRegistry()
-    service = Service.build(settings, registry=registry, bundles=FakeBundles())
+    overrides = Overrides(bundles=FakeBundles())  # the real backend, on moto and podman
 
     def jobs(state: str) -> float | None:
         labels = {"pool": "p", "state": state}
         return registry.get_sample_value("codalab_scaler_worker_jobs", labels)
 
-    try:
-        assert (await service.run_once()).ok  # min_workers 1: one launch
+    async with opened(settings, registry=registry, overrides=overrides) as ctx:
+        assert (await run_once(ctx)).ok  # min_workers 1: one launch
         assert jobs("pending") == 1
-        pool_runtime = service.ctx.pools["p"]
+        pool_runtime = ctx.pools["p"]
         active_polls = 0
         async with asyncio.timeout(DEADLINE):
             while active_polls == 0 or jobs("active") == 1:
-                assert await poll_jobs(service.ctx, pool_runtime)
+                assert await poll_jobs(ctx, pool_runtime)
                 if jobs("active") == 1:
                     assert jobs("pending") == 0
                     active_polls += 1
@@ -239,5 +241,3 @@ async def test_the_service_counts_the_running_worker_active(moto: MotoBatch) -> 
         assert (jobs("active"), jobs("pending")) == (0, 0)
         failed = registry.get_sample_value("codalab_scaler_failed_starts_total", {"pool": "p"})
         assert not failed
-    finally:
-        await service.stop()

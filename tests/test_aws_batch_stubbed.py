@@ -30,11 +30,12 @@ from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientErr
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.service.observe import poll_jobs
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
 from codalab_scaler.sources.backends.aws_batch.errors import translate
 from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.fakes import FakeBundles
+from tests.harness import opened
 from tests.moto_server import aws_env
 
 if TYPE_CHECKING:
@@ -194,14 +195,13 @@ async def test_a_throttled_poll_is_retried_and_counted_by_the_service() -> None:
         }
     )
     registry = CollectorRegistry()
-    service = Service.build(
-        settings, registry=registry, bundles=FakeBundles(), backends={"p": backend_with(fake)}
-    )
-    assert await poll_jobs(service.ctx, service.ctx.pools["p"]) is True
+    overrides = Overrides(bundles=FakeBundles(), backends={"p": backend_with(fake)})
+    async with opened(settings, registry=registry, overrides=overrides) as ctx:
+        assert await poll_jobs(ctx, ctx.pools["p"]) is True
     assert registry.get_sample_value(
         "codalab_scaler_retries_total", {"peer": "backend", "pool": "p"}
     ) == pytest.approx(1)
-    view = service.ctx.state.snapshot.pools["p"].jobs
+    view = ctx.state.snapshot.pools["p"].jobs
     assert view.ok
     assert view.value is not None
     assert len(view.value) == 3

@@ -3,44 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from codalab_scaler.config.settings import Settings
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.context import Context
+from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.simulator import CodaLabSimulator
 from tests.fakes import FakeBackend
-from tests.harness import OnePool
+from tests.harness import OnePool, opened
 from tests.simulator_fixtures import SimFactory, sim_factory_fixture
 
 __all__ = ["sim_factory_fixture"]  # the fixture is used by name
 
 
 class Live(OnePool):
-    def __init__(self, sim: CodaLabSimulator, user: str, **pool: object) -> None:
+    def __init__(
+        self, ctx: Context, registry: CollectorRegistry, sim: CodaLabSimulator, backend: FakeBackend
+    ) -> None:
+        super().__init__(ctx, registry)
         self.sim = sim
-        self.backend = FakeBackend()
-        registry = CollectorRegistry()
-        settings = Settings.model_validate(
-            {
-                "server": sim.url,
-                "username": user,
-                "password": f"{user}-pw",
-                "request_timeout_seconds": 0.5,
-                "retry_attempts": 3,
-                "retry_max_seconds": 2,
-                "retry_backoff_seconds": 0.01,
-                "retry_max_backoff_seconds": 0.02,
-                "pools": {"p": {"min_workers": 0, "min_seconds_between_workers": 0, **pool}},
-            }
-        )
-        super().__init__(
-            Service.build(settings, registry=registry, backends={"p": self.backend}), registry
-        )
+        self.backend = backend
 
-    async def close(self) -> None:
-        await self.service.stop()
+
+def live_settings(sim: CodaLabSimulator, user: str, **pool: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "server": sim.url,
+            "username": user,
+            "password": f"{user}-pw",
+            "request_timeout_seconds": 0.5,
+            "retry_attempts": 3,
+            "retry_max_seconds": 2,
+            "retry_backoff_seconds": 0.01,
+            "retry_max_backoff_seconds": 0.02,
+            "pools": {"p": {"min_workers": 0, "min_seconds_between_workers": 0, **pool}},
+        }
+    )
 
 
 LiveFactory = Callable[..., Awaitable[Live]]
@@ -48,17 +49,22 @@ LiveFactory = Callable[..., Awaitable[Live]]
 
 @pytest_asyncio.fixture
 async def live(sim_factory: SimFactory) -> AsyncIterator[LiveFactory]:
-    made: list[Live] = []
+    """The real CodaLab client against a simulator, opened (and closed) as the app does."""
+    async with AsyncExitStack() as stack:
 
-    async def make(user: str = "alice", **pool: object) -> Live:
-        sim = await sim_factory(users={user: f"{user}-pw", "codalab": "root-pw"})
-        service = Live(sim, user, **pool)
-        made.append(service)
-        return service
+        async def make(user: str = "alice", **pool: object) -> Live:
+            sim = await sim_factory(users={user: f"{user}-pw", "codalab": "root-pw"})
+            backend, registry = FakeBackend(), CollectorRegistry()
+            ctx = await stack.enter_async_context(
+                opened(
+                    live_settings(sim, user, **pool),
+                    registry=registry,
+                    overrides=Overrides(backends={"p": backend}),
+                )
+            )
+            return Live(ctx, registry, sim, backend)
 
-    yield make
-    for service in made:
-        await service.close()
+        yield make
 
 
 async def test_sees_and_serves_more_than_ten_staged_bundles(live: LiveFactory) -> None:

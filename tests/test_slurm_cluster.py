@@ -12,21 +12,25 @@ import signal
 import stat
 import sys
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.service.context import Context
 from codalab_scaler.service.observe import poll_jobs
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.sources.backends import WorkerCredentials
 from codalab_scaler.sources.backends.slurm import SlurmBatchBackend
 from tests.fakes import FakeBundles, FakeClock
-from tests.harness import OnePool
+from tests.harness import OnePool, opened
 from tests.scaler_process import Launcher, creds, launcher, scrape
 from tests.simulator_fixtures import SimFactory, sim_factory_fixture
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture, slurm_fixture
@@ -50,8 +54,8 @@ def worker_executable(tmp_path: Path, body: str) -> Path:
     return path
 
 
-class Scenario(OnePool):
-    """A service whose only real peer is Slurm: fake bundles, a fake clock for the rules."""
+class Plan:
+    """What a scenario runs with: settings, a real Slurm backend, fake bundles and clock."""
 
     def __init__(
         self, cluster: SlurmCluster, tmp_path: Path, executable: Path, cpus: int = 1, **pool: Any
@@ -81,12 +85,6 @@ class Scenario(OnePool):
         self.backend = self.new_backend()
         self.clock = FakeClock()
         self.bundles = FakeBundles()
-        registry = CollectorRegistry()
-        service = Service.build(
-            self.settings, registry=registry, clock=self.clock, bundles=self.bundles,
-            backends={"p": self.backend},
-        )  # fmt: skip
-        super().__init__(service, registry)
 
     def new_backend(self) -> SlurmBatchBackend:
         pool = self.settings.pools["p"]
@@ -94,6 +92,41 @@ class Scenario(OnePool):
         options = pool.worker_options(self.settings.server)
         creds = WorkerCredentials("alice", PASSWORD)
         return SlurmBatchBackend("p", options, pool.backend, creds, env=self.env)
+
+
+class Scenario(OnePool):
+    """A service whose only real peer is Slurm: fake bundles, a fake clock for the rules."""
+
+    def __init__(self, ctx: Context, registry: CollectorRegistry, plan: Plan) -> None:
+        super().__init__(ctx, registry)
+        self.plan = plan
+        self.job_name = plan.job_name
+        self.backend = plan.backend
+        self.bundles = plan.bundles
+        self.clock = plan.clock
+
+    def new_backend(self) -> SlurmBatchBackend:
+        return self.plan.new_backend()
+
+
+ScenarioFactory = Callable[..., Awaitable[Scenario]]
+
+
+@pytest_asyncio.fixture
+async def scenario() -> AsyncIterator[ScenarioFactory]:
+    """``await scenario(cluster, tmp_path, executable, cpus=1, **pool)``, closed after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(*args: Any, **pool: Any) -> Scenario:
+            plan = Plan(*args, **pool)
+            registry = CollectorRegistry()
+            overrides = Overrides(bundles=plan.bundles, backends={"p": plan.backend})
+            ctx = await stack.enter_async_context(
+                opened(plan.settings, clock=plan.clock, registry=registry, overrides=overrides)
+            )
+            return Scenario(ctx, registry, plan)
+
+        yield make
 
 
 # Sync on purpose: ruff's ASYNC240 flags blocking pathlib calls written in async tests.
@@ -114,9 +147,9 @@ def states(jobs: list[WorkerJob] | tuple[WorkerJob, ...]) -> list[JobState]:
 
 
 async def test_pending_then_running_extra_jobs_wait_and_restart_recovers(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
-    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    s = await scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
     ids = [await s.backend.launch(uuid.uuid4().hex) for _ in range(3)]
     first = list(await s.backend.list_jobs())
     assert {job.job_id for job in first} == set(ids)
@@ -137,9 +170,9 @@ async def test_pending_then_running_extra_jobs_wait_and_restart_recovers(
 
 
 async def test_credentials_reach_the_worker_only_through_a_0600_file(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
-    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    s = await scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
     worker_id = uuid.uuid4().hex
     with capture_logs() as logs:
         job_id = await s.backend.launch(worker_id)
@@ -163,10 +196,10 @@ async def test_credentials_reach_the_worker_only_through_a_0600_file(
 
 
 async def test_scaler_stops_at_max_and_when_pending_covers_staged(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
     sleeper = worker_executable(tmp_path, "exec sleep 120")
-    s = Scenario(slurm, tmp_path, sleeper, max_workers=3, max_launches_per_pass=5)
+    s = await scenario(slurm, tmp_path, sleeper, max_workers=3, max_launches_per_pass=5)
     s.bundles.stage(5)
     assert await s.cycle() == ("staged_work", 3)
     assert await s.cycle() == ("at_max", 0)
@@ -174,7 +207,7 @@ async def test_scaler_stops_at_max_and_when_pending_covers_staged(
     slurm.scancel_all()
 
     # Workers of 2 CPUs: one runs, the next waits for the node; pending 1 covers staged 1.
-    s = Scenario(slurm, tmp_path / "b", sleeper, cpus=2)
+    s = await scenario(slurm, tmp_path / "b", sleeper, cpus=2)
     s.bundles.stage(1, cpus=2)
     assert await s.cycle() == ("staged_work", 1)
 
@@ -191,9 +224,9 @@ async def test_scaler_stops_at_max_and_when_pending_covers_staged(
 
 
 async def test_a_worker_that_exits_non_zero_is_a_failed_start_and_the_limit_ends_the_service(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
-    s = Scenario(
+    s = await scenario(
         slurm, tmp_path, worker_executable(tmp_path, "exit 3"),
         exit_after_num_failed=2, max_launches_per_pass=2,
     )  # fmt: skip
@@ -203,20 +236,20 @@ async def test_a_worker_that_exits_non_zero_is_a_failed_start_and_the_limit_ends
 
         async def halted() -> bool:
             await poll_jobs(s.ctx, s.pool)
-            return s.service.fatal.is_set()
+            return s.ctx.fatal.is_set()
 
         await eventually(halted, "two failed starts end the service", within=20, interval=POLL)
     assert s.sample("codalab_scaler_failed_starts_total", pool="p") == 2
     failed = [entry for entry in logs if entry["event"] == "worker.failed_start"]
     assert len(failed) == 2
     assert all(entry["reason"].startswith("FAILED (NonZeroExitCode)") for entry in failed)
-    assert s.service.fatal_reason == "jobs:p: 2 workers failed to start (limit 2)"
+    assert s.ctx.fatal.reason == "jobs:p: 2 workers failed to start (limit 2)"
 
 
 async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
-    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
+    s = await scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"))
     s.bundles.stage(3)
     assert await s.cycle() == ("staged_work", 1)
     slurm.stop_controller()
@@ -242,9 +275,9 @@ async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
 
 
 async def test_dry_run_writes_the_script_and_submits_nothing(
-    slurm: SlurmCluster, tmp_path: Path
+    slurm: SlurmCluster, tmp_path: Path, scenario: ScenarioFactory
 ) -> None:
-    s = Scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"), dry_run=True)
+    s = await scenario(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120"), dry_run=True)
     s.bundles.stage(1)
     with capture_logs() as logs:
         assert await s.cycle() == ("staged_work", 0)  # a dry run launches nothing

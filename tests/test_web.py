@@ -7,18 +7,21 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
 from codalab_scaler.config.settings import Settings
-from codalab_scaler.service.app import make_app, serve
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.core.errors import ConfigError
+from codalab_scaler.service.app import CONTEXT, make_app, serve
+from codalab_scaler.service.wiring import Overrides
 from tests.fakes import FakeBackend, FakeBundles
 from tests.harness import exported
 
 
-def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> Service:
+def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> web.Application:
     settings = Settings.model_validate(
         {
             "username": "alice",
@@ -28,8 +31,10 @@ def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> Service:
             "pools": {"p": {"min_workers": 1, "min_seconds_between_workers": 0}},
         }
     )
-    return Service.build(
-        settings, registry=CollectorRegistry(), bundles=bundles, backends={"p": backend}
+    return make_app(
+        settings,
+        registry=CollectorRegistry(),
+        overrides=Overrides(bundles=bundles, backends={"p": backend}),
     )
 
 
@@ -37,8 +42,8 @@ def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> Service:
 async def client_for() -> AsyncIterator[Any]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(service: Service) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(service), host="127.0.0.1"))
+    async def make(app: web.Application) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
@@ -102,15 +107,15 @@ async def test_loop_that_never_ran_is_unhealthy_after_the_grace(client_for: Any)
 
 
 async def test_serve_exits_1_when_a_root_loop_dies() -> None:
-    service = build(FakeBackend(list_error=RuntimeError("backend bug")), FakeBundles())
+    app = build(FakeBackend(list_error=RuntimeError("backend bug")), FakeBundles())
     async with asyncio.timeout(10):
-        code = await serve(service, "127.0.0.1", 0)
+        code = await serve(app, "127.0.0.1", 0)
     assert code == 1
-    assert service.fatal_reason == "jobs:p: RuntimeError: backend bug"
+    assert app[CONTEXT].fatal.reason == "jobs:p: RuntimeError: backend bug"
 
 
 async def test_serve_exits_0_when_asked_to_stop() -> None:
-    service = build(FakeBackend(), FakeBundles())
+    app = build(FakeBackend(), FakeBundles())
     stop = asyncio.Event()
     ports: list[int] = []
 
@@ -119,33 +124,35 @@ async def test_serve_exits_0_when_asked_to_stop() -> None:
         stop.set()
 
     async with asyncio.timeout(10):
-        assert await serve(service, "127.0.0.1", 0, stop=stop, on_listening=listening) == 0
+        assert await serve(app, "127.0.0.1", 0, stop=stop, on_listening=listening) == 0
     assert ports[0] > 0
 
 
 async def test_serve_exits_2_when_the_port_is_taken() -> None:
-    backend = FakeBackend()
-    service = build(backend, FakeBundles())
+    backend, bundles = FakeBackend(), FakeBundles()
+    app = build(backend, bundles)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         async with asyncio.timeout(10):
-            assert await serve(service, "127.0.0.1", port) == 2
+            assert await serve(app, "127.0.0.1", port) == 2
     assert backend.launched == []  # no loop ran
-    assert backend.closed
+    # The bind comes before anything opens: nothing was opened, so nothing is left open.
+    assert CONTEXT not in app
+    assert bundles.calls == []
 
 
 async def test_a_signal_during_a_slow_login_still_exits_0() -> None:
-    service = build(FakeBackend(), FakeBundles())
-    release = asyncio.Event()
+    class SlowLogin(FakeBundles):
+        async def login(self) -> None:
+            await asyncio.Event().wait()  # CodaLab never answers
 
-    async def slow_login() -> None:
-        await release.wait()  # CodaLab never answers
-
-    service._login = slow_login
+    backend = FakeBackend()
+    app = build(backend, SlowLogin())
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.1, stop.set)
     async with asyncio.timeout(5):
-        assert await serve(service, "127.0.0.1", 0, stop=stop) == 0
+        assert await serve(app, "127.0.0.1", 0, stop=stop) == 0
+    assert backend.launched == []
 
 
 async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
@@ -164,3 +171,30 @@ async def test_every_labelled_counter_of_a_pool_is_exported_at_zero() -> None:
 
 async def test_no_created_series_are_exported() -> None:
     assert "_created" not in generate_latest(exported("gpu")).decode()
+
+
+async def test_a_failure_half_way_through_opening_closes_what_was_opened() -> None:
+    """Pool ``a`` opens; pool ``b``'s backend refuses its settings: ``a`` is closed again."""
+    opened_first = FakeBackend()
+    settings = Settings.model_validate(
+        {
+            "username": "alice",
+            "password": "web-secret-pw",
+            "pools": {
+                "a": {},
+                "b": {
+                    "worker_work_dir_prefix": "relative",
+                    "backend": {"kind": "aws-batch", "password_secret_arn": "arn:aws:x"},
+                },
+            },
+        }
+    )
+    app = make_app(
+        settings,
+        registry=CollectorRegistry(),
+        overrides=Overrides(bundles=FakeBundles(), backends={"a": opened_first}),
+    )
+    with pytest.raises(ConfigError, match="worker_work_dir_prefix"):
+        await serve(app, "127.0.0.1", 0)
+    assert opened_first.closed
+    assert opened_first.launched == []

@@ -20,21 +20,21 @@ still bounded by staged - pending and by max - total.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any
 
-from codalab_scaler.core.model import JobState, Observation, PoolState
+# The decision's own types live with the rest of the shared data (a pool's state
+# keeps its last decision); they are re-exported here, where the rules use them.
+from codalab_scaler.core.model import (
+    Counts,
+    Decision,
+    JobState,
+    Observation,
+    PoolState,
+    Reason,
+)
 
-
-class Reason(enum.StrEnum):
-    STAGED_WORK = "staged_work"
-    BELOW_MIN = "below_min"
-    NO_STAGED = "no_staged"
-    COOLDOWN = "cooldown"
-    PENDING_COVERS_STAGED = "pending_covers_staged"
-    AT_MAX = "at_max"
-    STALE_VIEW = "stale_view"
+__all__ = ["Counts", "Decision", "Policy", "Reason", "count", "decide"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,33 +44,6 @@ class Policy:
     min_seconds_between_workers: int = 60
     staleness_seconds: float = 15.0
     max_launches_per_pass: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    staged: int = 0
-    pending: int = 0
-    active: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.pending + self.active
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """How many workers to launch now and why.
-
-    ``reason`` is the one reason that settled it; ``blocked_by`` lists every
-    rule that held back staged work (the original logged each of them).
-    ``stale`` names the views that were too old or failed, when any.
-    """
-
-    launch: int
-    reason: Reason
-    counts: Counts
-    blocked_by: tuple[Reason, ...] = ()
-    stale: tuple[str, ...] = ()
 
 
 def _stale(name: str, obs: Observation[Any], policy: Policy, now: float) -> str | None:

@@ -1,8 +1,9 @@
 """The data every part of the scaler shares: frozen values, replaced whole, never mutated.
 
 Times are seconds on the scaler's monotonic clock (``Clock.now``); ``/status``
-turns them into ages.  Pollers own one field each; the scaler owns the launch
-bookkeeping (in-flight launches, last launch time).
+turns them into ages.  Pollers own one field each (the jobs poller also counts
+failed starts); the scaler owns the launch bookkeeping (in-flight launches,
+last launch time) and the pool's last decision.
 """
 
 from __future__ import annotations
@@ -112,14 +113,59 @@ class InFlightLaunch:
     launched_at: float
 
 
+class Reason(enum.StrEnum):
+    """The rule that settled a decision (see ``core.decision``)."""
+
+    STAGED_WORK = "staged_work"
+    BELOW_MIN = "below_min"
+    NO_STAGED = "no_staged"
+    COOLDOWN = "cooldown"
+    PENDING_COVERS_STAGED = "pending_covers_staged"
+    AT_MAX = "at_max"
+    STALE_VIEW = "stale_view"
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    staged: int = 0
+    pending: int = 0
+    active: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.active
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How many workers to launch now and why.
+
+    ``reason`` is the one reason that settled it; ``blocked_by`` lists every
+    rule that held back staged work (the original logged each of them).
+    ``stale`` names the views that were too old or failed, when any.
+    """
+
+    launch: int
+    reason: Reason
+    counts: Counts
+    blocked_by: tuple[Reason, ...] = ()
+    stale: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class PoolState:
-    """Everything known about one pool at one moment."""
+    """Everything known about one pool at one moment.
+
+    ``last_decision`` is the scaler's latest pass (None before the first);
+    ``failed_starts`` counts the jobs listed as failed since the process started.
+    """
 
     bundles: Observation[BundleView] = field(default_factory=Observation)
     jobs: Observation[tuple[WorkerJob, ...]] = field(default_factory=Observation)
     in_flight: tuple[InFlightLaunch, ...] = ()
     last_launch_at: float | None = None
+    last_decision: Decision | None = None
+    failed_starts: int = 0
 
 
 @dataclass(frozen=True, slots=True)

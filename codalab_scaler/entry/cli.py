@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from codalab_scaler.config.settings import Settings, load_settings
-from codalab_scaler.core.errors import ConfigError, LoginRefused
+from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.entry.flags import (
     BACKENDS,
     CLI_POOL,
@@ -26,7 +26,7 @@ from codalab_scaler.entry.flags import (
     SUBCOMMANDS,
     build_parser,
 )
-from codalab_scaler.service.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refused_login, serve
+from codalab_scaler.service.app import EXIT_CONFIG, serve
 from codalab_scaler.service.logs import configure_logging
 
 __all__ = ["build_parser", "main", "run", "settings_values", "split_flags", "split_search"]
@@ -111,27 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def run(settings: Settings) -> int:
-    from codalab_scaler.service.runtime import Service
+    from codalab_scaler.service.app import make_app, run_once
 
     log = structlog.get_logger()
     if settings.restart_after_seconds is not None:
         log.warning("config.ignored", setting="restart_after_seconds",
                     why="codalab-scaler holds no state that needs a periodic restart")  # fmt: skip
     try:
-        service = Service.build(settings)
+        if settings.once:
+            return await run_once(settings)
+        return await serve(make_app(settings), settings.http_host, settings.http_port)
     except ConfigError as exc:  # a backend's own checks (e.g. a password file's mode)
         return print_config_errors(exc)
-    if settings.once:
-        try:
-            result = await service.run_once()
-        except LoginRefused as exc:
-            return await refused_login(service, exc)
-        await service.stop()
-        if service.fatal.is_set():
-            log.error("once.failed", problems=[service.fatal_reason])
-            return EXIT_FAILURE
-        if not result.ok:
-            log.error("once.failed", problems=list(result.problems))
-            return EXIT_FAILURE
-        return EXIT_OK
-    return await serve(service, settings.http_host, settings.http_port)

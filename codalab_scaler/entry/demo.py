@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.service.app import serve
+from codalab_scaler.service.app import CONTEXT, make_app, serve
 from codalab_scaler.service.logs import configure_logging
-from codalab_scaler.service.runtime import Service
 from codalab_scaler.simulator.codalab_sim import CodaLabSimulator, run_bundle_stream
 
 log = structlog.get_logger()
@@ -70,10 +70,11 @@ def demo_values(args: argparse.Namespace, server: str, state_dir: Path) -> dict[
     return values
 
 
-async def _show(sim: CodaLabSimulator, service: Service, every: float = 2.0) -> None:
+async def _show(sim: CodaLabSimulator, app: web.Application, every: float = 2.0) -> None:
     while True:
         await asyncio.sleep(every)
-        decision = service.ctx.decisions.get(DEMO_POOL)
+        ctx = app.get(CONTEXT)  # set once the app has opened everything
+        decision = None if ctx is None else ctx.state.snapshot.pools[DEMO_POOL].last_decision
         log.info(
             "demo.status",
             staged=len(sim.bundles_in_state("staged")),
@@ -93,7 +94,7 @@ async def _demo(args: argparse.Namespace) -> int:
     server = await sim.start("127.0.0.1", 0)
     state_dir = Path(tempfile.mkdtemp(prefix="codalab-scaler-demo-"))
     tasks: list[asyncio.Task[None]] = []
-    service: Service | None = None
+    app: web.Application | None = None
     try:
         try:
             settings = load_settings(demo_values(args, server, state_dir))
@@ -103,7 +104,7 @@ async def _demo(args: argparse.Namespace) -> int:
             return print_config_errors(exc)
         configure_logging(verbose=settings.verbose, fmt=settings.log_format)
         log.info("demo.started", codalab=server, state_dir=str(state_dir), bundles=args.bundles)
-        service = Service.build(settings)
+        app = make_app(settings)
         rng = random.Random(args.seed)  # noqa: S311 - a demo's synthetic workload, not crypto
         tasks.append(asyncio.create_task(run_bundle_stream(
             sim,
@@ -112,17 +113,19 @@ async def _demo(args: argparse.Namespace) -> int:
             rng=rng,
             duration_range=(1.0, max(1.0, args.max_run_seconds)),
         )))  # fmt: skip
-        tasks.append(asyncio.create_task(_show(sim, service)))
+        tasks.append(asyncio.create_task(_show(sim, app)))
         stop = asyncio.Event()
         if args.duration is not None:
             asyncio.get_running_loop().call_later(args.duration, stop.set)
-        return await serve(service, settings.http_host, settings.http_port, stop=stop)
+        return await serve(app, settings.http_host, settings.http_port, stop=stop)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if service is not None:
-            for pool in service.ctx.pools.values():
+        # The app has closed its backends; the demo's local workers are still running.
+        ctx = None if app is None else app.get(CONTEXT)
+        if ctx is not None:
+            for pool in ctx.pools.values():
                 if isinstance(pool.backend, LocalBackend):
                     await pool.backend.stop_all()
         await sim.stop()

@@ -1,13 +1,18 @@
-"""The parts a loop works with, wired once by the service and passed explicitly."""
+"""The parts a loop works with, wired once when the app opens and passed explicitly.
+
+``Context`` is immutable wiring: what a pool *knows* (its observations, its
+last decision, its failed starts) lives in the snapshot of ``StateStore``,
+never here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from codalab_scaler.core.decision import Decision, Policy
+from codalab_scaler.core.decision import Policy
 from codalab_scaler.core.model import StagedBundle
 from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.service.health import Liveness
@@ -26,9 +31,38 @@ class ParsedStaged(Protocol):
 
 
 class BundleSource(Protocol):
-    """Where staged bundles come from (the CodaLab client, or a test double)."""
+    """Where staged bundles come from (the CodaLab client, or a test double).
+
+    ``login`` raises ``LoginRefused`` for wrong credentials and
+    ``TransientError`` when the server cannot be reached.
+    """
+
+    async def login(self) -> None: ...
 
     async def fetch_staged(self, keywords: Sequence[str]) -> ParsedStaged: ...
+
+
+class Fatal:
+    """Why the process must end with a failure status: set once, by the first to halt.
+
+    Built before anything that can halt (the loops' guard, the failed-start
+    limit) and handed to each; ``serve`` waits on ``event``.
+    """
+
+    def __init__(self, liveness: Liveness) -> None:
+        self._liveness = liveness
+        self.event = asyncio.Event()
+        self.reason: str | None = None
+
+    def halt(self, loop: str, reason: str) -> None:
+        """Mark ``loop`` dead (``/healthz``) and end the process; the first reason is kept."""
+        self._liveness.died(loop, reason)
+        if self.reason is None:
+            self.reason = f"{loop}: {reason}"
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +78,19 @@ class PoolRuntime:
     on_retry: Callable[[str, BaseException], None] = lambda _source, _exc: None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Context:
-    pools: dict[str, PoolRuntime]
+    pools: Mapping[str, PoolRuntime]
     bundles: BundleSource
     state: StateStore
     metrics: Metrics
     liveness: Liveness
+    fatal: Fatal
     clock: Callable[[], float]
     sleep_time: float
     in_flight_timeout: float
     retry: RetryPolicy
     call_timeout: float = 30.0
     dry_run: bool = False
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    failed_starts: dict[str, int] = field(default_factory=dict)
+    # Set once when the app begins to stop: pollers end, a launch in progress finishes.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # Ends the process with a failure status (set by the service): (loop name, reason).
-    halt: Callable[[str, str], None] = field(default=lambda _loop, _reason: None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from codalab_scaler import __version__
-from codalab_scaler.core.decision import Decision, Policy, Reason, count, decide
+from codalab_scaler.core.decision import Policy, Reason, count, decide
 from codalab_scaler.core.model import BundleView, Observation, PoolState, Snapshot
 
 PREFIX = "codalab_scaler"
@@ -128,7 +128,6 @@ class ScrapeView:
     """What the collector reads at scrape time."""
 
     snapshot: Snapshot
-    decisions: Mapping[str, Decision]
     policies: Mapping[str, Policy]
     now: float
 
@@ -202,7 +201,7 @@ class SnapshotCollector(Collector):
             if policy is not None:
                 limits.add_metric([pool, "min"], policy.min_workers)
                 limits.add_metric([pool, "max"], policy.max_workers)
-            decision = v.decisions.get(pool)
+            decision = state.last_decision
             if decision is not None:
                 for reason in Reason:
                     last.add_metric([pool, reason.value], 1.0 if decision.reason is reason else 0.0)
@@ -230,9 +229,9 @@ def reference_registry(pool: str = "<pool>") -> CollectorRegistry:
         staleness_seconds=1.0,
         max_launches_per_pass=1,
     )
+    state = replace(state, last_decision=decide(state, policy, 0.0))
     view = ScrapeView(
         snapshot=Snapshot(taken_at=0.0, pools={pool: state}),
-        decisions={pool: decide(state, policy, 0.0)},
         policies={pool: policy},
         now=0.0,
     )

@@ -125,11 +125,13 @@ async def _list_jobs(ctx: Context, pool: PoolRuntime) -> Sequence[WorkerJob]:
 
 
 def _failed_starts(ctx: Context, pool: PoolRuntime, failed: Sequence[WorkerJob]) -> None:
-    """Count jobs that ended failed; past the pool's limit the process ends."""
+    """Count jobs that ended failed (in the snapshot); past the pool's limit the process ends."""
     if not failed:
         return
-    total = ctx.failed_starts.get(pool.name, 0) + len(failed)
-    ctx.failed_starts[pool.name] = total
+    snapshot = ctx.state.update(
+        pool.name, lambda s: replace(s, failed_starts=s.failed_starts + len(failed))
+    )
+    total = snapshot.pools[pool.name].failed_starts
     ctx.metrics.failed_starts.labels(pool=pool.name).inc(len(failed))
     for job in failed:
         log.error(
@@ -143,7 +145,7 @@ def _failed_starts(ctx: Context, pool: PoolRuntime, failed: Sequence[WorkerJob])
     limit = pool.exit_after_num_failed
     if limit is not None and total >= limit:
         log.error("scaler.too_many_failed_starts", pool=pool.name, failed_starts=total, limit=limit)
-        ctx.halt(f"jobs:{pool.name}", f"{total} workers failed to start (limit {limit})")
+        ctx.fatal.halt(f"jobs:{pool.name}", f"{total} workers failed to start (limit {limit})")
 
 
 async def poll_jobs(ctx: Context, pool: PoolRuntime) -> bool:

@@ -29,9 +29,10 @@ def _summary(d: Decision) -> tuple[object, ...]:
 async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
     """One pass for one pool: decide, log, count, launch. Returns (decision, launched)."""
     now = ctx.clock()
-    decision = decide(ctx.state.snapshot.pools[pool.name], pool.policy, now)
-    previous = ctx.decisions.get(pool.name)
-    ctx.decisions[pool.name] = decision
+    current = ctx.state.snapshot.pools[pool.name]
+    decision = decide(current, pool.policy, now)
+    previous = current.last_decision
+    ctx.state.update(pool.name, lambda s: replace(s, last_decision=decision))
     ctx.metrics.decisions.labels(pool=pool.name, reason=decision.reason.value).inc()
     changed = previous is None or _summary(previous) != _summary(decision)
     (log.info if changed or decision.launch else log.debug)(

@@ -91,8 +91,8 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
             "last_launch_age_seconds": (
                 None if state.last_launch_at is None else round(now - state.last_launch_at, 3)
             ),
-            "decision": _decision(ctx.decisions.get(name)),
-            "failed_starts": ctx.failed_starts.get(name, 0),
+            "decision": _decision(state.last_decision),
+            "failed_starts": state.failed_starts,
             "exit_after_num_failed": runtime.exit_after_num_failed,
         }
     return {

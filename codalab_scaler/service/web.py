@@ -5,20 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from codalab_scaler.service.runtime import Service
+from codalab_scaler.service.context import Context
 from codalab_scaler.service.status import build_status
 
-SERVICE = web.AppKey("service", Service)
+# The service's wiring, set by the app's lifecycle once everything is open (before any
+# request can arrive: the site starts after the lifecycle's start-up).
+CONTEXT = web.AppKey("context", Context)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    body = generate_latest(service.ctx.metrics.registry)
+    body = generate_latest(request.app[CONTEXT].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    report = request.app[SERVICE].ctx.liveness.check()
+    report = request.app[CONTEXT].liveness.check()
     return web.json_response(
         {"ok": report.ok, "problems": list(report.problems), "loops": report.loops},
         status=200 if report.ok else 503,
@@ -26,7 +27,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    ctx = request.app[SERVICE].ctx
+    ctx = request.app[CONTEXT]
     return web.json_response(build_status(ctx, ctx.liveness.check()))
 
 
