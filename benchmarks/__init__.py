@@ -1,0 +1,1 @@
+"""Benchmarks, run on demand; each writes its results to a file (see ``report``)."""

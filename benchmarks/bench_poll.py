@@ -85,7 +85,7 @@ async def bench_fetch(size: int, page_size: int) -> dict[str, Any]:
     client = CodaLabClient(sim.url, Credentials(USER, PASSWORD), page_size=page_size)
     try:
         await client.login()
-        keywords = staged_keywords(USER, [], None, False)
+        keywords = staged_keywords(USER, [], None, tag_exclusive=False)
         tracemalloc.start()
         started = time.perf_counter()
         parsed = await client.fetch_staged(keywords)
@@ -96,7 +96,8 @@ async def bench_fetch(size: int, page_size: int) -> dict[str, Any]:
     finally:
         await client.aclose()
         await sim.stop()
-    assert len(parsed.bundles) == size
+    if len(parsed.bundles) != size:
+        raise RuntimeError(f"the simulator served {len(parsed.bundles)} bundles, not {size}")
     state = PoolState(
         bundles=Observation(view, observed_at=0.0), jobs=Observation((), observed_at=0.0)
     )

@@ -92,7 +92,7 @@ class SlurmCluster:
                                f"--pid-file={self.root}/munged.pid",
                                f"--seed-file={self.root}/munge.seed",
                                f"--log-file={self.root}/log/munged.log"])  # fmt: skip
-        self._wait(lambda: (self.root / "munge.sock").exists(), "munged socket")
+        self._wait((self.root / "munge.sock").exists, "munged socket")
         self.start_controller()
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
         self.wait_idle()

@@ -69,7 +69,7 @@ def test_credentials_never_show_the_password() -> None:
 def test_staged_keywords_match_the_original(
     username: str, search: list[str], tag: str | None, exclusive: bool, expected: list[str]
 ) -> None:
-    assert staged_keywords(username, search, tag, exclusive) == expected
+    assert staged_keywords(username, search, tag, tag_exclusive=exclusive) == expected
 
 
 async def test_login_is_a_password_grant_with_the_client_header(
@@ -106,7 +106,7 @@ async def test_keywords_are_sent_repeated_in_the_original_order(
     sim.add_bundle("alice", queue="gpuq", gpus=1)
     sim.add_bundle("alice")
     sim.add_bundle("bob", queue="gpuq")
-    keywords = staged_keywords("alice", ["request_gpus=0"], "gpuq", True)
+    keywords = staged_keywords("alice", ["request_gpus=0"], "gpuq", tag_exclusive=True)
     client = client_factory(sim.url, "alice")
 
     parsed = await client.fetch_staged(keywords)
@@ -130,7 +130,7 @@ async def test_the_root_user_sends_no_mine_and_sees_everybody(
 ) -> None:
     uuids = {sim.add_bundle("alice"), sim.add_bundle("bob"), sim.add_bundle("codalab")}
     client = client_factory(sim.url, "codalab")
-    parsed = await client.fetch_staged(staged_keywords("codalab", [], None, False))
+    parsed = await client.fetch_staged(staged_keywords("codalab", [], None, tag_exclusive=False))
     assert {b.uuid for b in parsed.bundles} == uuids
     assert ".mine" not in searches(sim)[0].keywords
 

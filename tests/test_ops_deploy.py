@@ -70,6 +70,7 @@ def test_hadolint() -> None:
         [str(HADOLINT), "--failure-threshold", "info", str(DOCKERFILE)],
         capture_output=True,
         text=True,
+        check=False,
         timeout=60,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -185,7 +186,11 @@ def kustomize(directory: Path) -> str:
     """``kubectl kustomize directory``, once per directory and session."""
     assert KUBECTL is not None
     run = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+        [KUBECTL, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert run.returncode == 0, run.stderr
     return run.stdout
@@ -370,6 +375,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         [SYSTEMD_ANALYZE, "verify", "--man=no", str(copy)],
         capture_output=True,
         text=True,
+        check=False,
         timeout=60,
         cwd=tmp_path,
     )

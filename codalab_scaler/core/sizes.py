@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 
 
@@ -24,6 +26,6 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"not a size: {text!r}") from None
-    if value < 0 or value != value or value == float("inf"):
+    if value < 0 or math.isnan(value) or math.isinf(value):
         raise ValueError(f"not a size: {text!r}")
     return int(value * _UNITS[unit])

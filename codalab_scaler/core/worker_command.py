@@ -62,39 +62,47 @@ def build_command(options: WorkerOptions, worker_id: str, work_dir: str) -> list
         "--network-prefix",
         f"cl_worker_{worker_id}_network",
     ]
-    if options.tag:
-        command += ["--tag", options.tag]
-    if options.group:
-        command += ["--group", options.group]
-    if options.exit_after_num_runs and options.exit_after_num_runs > 0:
-        command += ["--exit-after-num-runs", str(options.exit_after_num_runs)]
-    if options.download_dependencies_max_retries:
-        command += [
-            "--download-dependencies-max-retries",
-            str(options.download_dependencies_max_retries),
-        ]
-    if options.max_work_dir_size:
-        command += ["--max-work-dir-size", options.max_work_dir_size]
-    if options.delete_work_dir_on_exit:
-        command += ["--delete-work-dir-on-exit"]
-    if options.exit_on_exception:
-        command += ["--exit-on-exception"]
-    if options.tag_exclusive:
-        command += ["--tag-exclusive"]
-    if options.pass_down_termination:
-        command += ["--pass-down-termination"]
-    if options.checkin_frequency_seconds:
-        command += ["--checkin-frequency-seconds", str(options.checkin_frequency_seconds)]
-    if options.shared_memory_size_gb:
-        command += ["--shared-memory-size-gb", str(options.shared_memory_size_gb)]
+    # The optional flags in the original's order: a value flag when set (and, for
+    # a count, positive), a switch when true.
+    valued: tuple[tuple[str, str | int | None], ...] = (
+        ("--tag", options.tag),
+        ("--group", options.group),
+        ("--exit-after-num-runs", options.exit_after_num_runs),
+        ("--download-dependencies-max-retries", options.download_dependencies_max_retries),
+        ("--max-work-dir-size", options.max_work_dir_size),
+    )
+    switches = (
+        ("--delete-work-dir-on-exit", options.delete_work_dir_on_exit),
+        ("--exit-on-exception", options.exit_on_exception),
+        ("--tag-exclusive", options.tag_exclusive),
+        ("--pass-down-termination", options.pass_down_termination),
+    )
+    trailing: tuple[tuple[str, str | int | None], ...] = (
+        ("--checkin-frequency-seconds", options.checkin_frequency_seconds),
+        ("--shared-memory-size-gb", options.shared_memory_size_gb),
+    )
+    command += _valued(valued)
+    command += [flag for flag, on in switches if on]
+    command += _valued(trailing)
     if options.preemptible:
-        command += ["--preemptible"]
+        command.append("--preemptible")
     return command
+
+
+def _valued(flags: tuple[tuple[str, str | int | None], ...]) -> list[str]:
+    """``[flag, value, ...]`` for each flag whose value is set (a count must be positive)."""
+    out: list[str] = []
+    for flag, value in flags:
+        if isinstance(value, int) and value <= 0:
+            continue
+        if value:
+            out += [flag, str(value)]
+    return out
 
 
 def short_hostname(fqdn: str) -> str:
     """What ``hostname -s`` prints for ``fqdn``."""
-    return fqdn.split(".")[0]
+    return fqdn.split(".", 1)[0]
 
 
 def resolve_hostname(command: list[str], hostname: str) -> list[str]:

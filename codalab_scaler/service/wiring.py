@@ -137,7 +137,10 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
             backend=backend,
             keywords=tuple(
                 staged_keywords(
-                    settings.username, pool.search, pool.worker_tag, pool.worker_tag_exclusive
+                    settings.username,
+                    pool.search,
+                    pool.worker_tag,
+                    tag_exclusive=pool.worker_tag_exclusive,
                 )
             ),
             shape=pool.shape(),

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -95,13 +96,16 @@ def _free_disk(path: str) -> int:
         return 0
 
 
+PASSWORD_FILE_LINES = 2  # the username, then the password
+
+
 def read_credentials(args: argparse.Namespace) -> tuple[str, str] | None:
     if args.password_file:
         try:
             lines = Path(args.password_file).read_text().splitlines()
         except OSError:
             return None
-        return (lines[0].strip(), lines[1].strip()) if len(lines) >= 2 else None
+        return (lines[0].strip(), lines[1].strip()) if len(lines) >= PASSWORD_FILE_LINES else None
     username, password = os.environ.get("CODALAB_USERNAME"), os.environ.get("CODALAB_PASSWORD")
     return (username, password) if username and password is not None else None
 
@@ -209,7 +213,7 @@ class _Worker:
         url = f"{self._server}/rest/workers/{quote(self.args.id, safe='')}/checkin"
         headers = {"Authorization": f"Bearer {self._token}"}
         async with session.post(url, json=body, headers=headers) as response:
-            if response.status == 401:
+            if response.status == HTTPStatus.UNAUTHORIZED:
                 self._token = None  # log in again before the next check-in
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=401, message="token rejected"

@@ -50,7 +50,7 @@ class WorkerRegistry:
         return [
             self._view(worker)
             for worker in self.workers.values()
-            if caller == ROOT_USER or worker.user == caller
+            if caller in {ROOT_USER, worker.user}
         ]
 
     def checkin(
@@ -143,7 +143,7 @@ class WorkerRegistry:
                     continue
             elif worker.tag_exclusive:
                 continue
-            if worker.user != ROOT_USER and bundle.owner != worker.user:
+            if worker.user not in {ROOT_USER, bundle.owner}:
                 continue
             if (
                 bundle.cpus <= free_cpus

@@ -33,6 +33,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import aiohttp
 import structlog
@@ -89,7 +90,7 @@ class TokenRejected(HttpRefused):
 
 
 def staged_keywords(
-    username: str, search: Sequence[str], worker_tag: str | None, tag_exclusive: bool
+    username: str, search: Sequence[str], worker_tag: str | None, *, tag_exclusive: bool
 ) -> list[str]:
     """The search keywords exactly as the original worker manager builds them."""
     keywords = ["state=staged", *search]
@@ -203,7 +204,8 @@ class CodaLabClient:
                 await self._password_grant()
             elif token.expires_at - self._clock() < min(REFRESH_MARGIN_MAX, token.expires_in / 2):
                 await self._renew(token)
-            assert self._token is not None
+            if self._token is None:  # pragma: no cover - both grants set it or raise
+                raise TransientError("no token after a successful grant")
             return self._token.access
 
     async def _renew(self, token: _Token) -> None:
@@ -328,15 +330,17 @@ class CodaLabClient:
             raise TransientError(f"{method} {path}: timed out") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientError(f"{method} {path}: {type(exc).__name__}") from None
-        if 200 <= status < 300:
+        if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
             return _decode_json(text, path)
         message = f"{method} {path} answered {status}"
         if path != TOKEN_PATH:
             # The token endpoint's body may repeat the posted form: never quoted.
             message += f": {self._scrub(text)}"
-        if status == 429 or status >= 500:
+        if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             raise TransientError(message)
-        if status == 401 or (path == TOKEN_PATH and _oauth_error(text) == "invalid_grant"):
+        if status == HTTPStatus.UNAUTHORIZED or (
+            path == TOKEN_PATH and _oauth_error(text) == "invalid_grant"
+        ):
             raise TokenRejected(message, status)
         raise HttpRefused(message, status)
 

@@ -39,7 +39,7 @@ def create_client(settings: AwsBatchBackendSettings) -> ClientCreatorContext[Bat
 
 
 def quiet_sdk_debug_logs() -> None:
-    """botocore logs every request's parameters at DEBUG, containerOverrides included."""
+    """Botocore logs every request's parameters at DEBUG, containerOverrides included."""
     for name in ("botocore", "aiobotocore"):
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.INFO:

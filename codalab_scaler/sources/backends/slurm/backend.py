@@ -210,7 +210,7 @@ class SlurmBatchBackend:
 
 
 def _check_user(user: str) -> None:
-    """squeue lists jobs by ``user``; sbatch submits as us: they must be the same user."""
+    """Squeue lists jobs by ``user``; sbatch submits as us: they must be the same user."""
     if not user:
         raise ConfigError(["user: unknown (no passwd entry and no $USER); give --user"])
     try:
