@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -113,7 +114,7 @@ async def test_failed_job_poll_keeps_last_jobs_but_launches_nothing() -> None:
     await h.cycle()
     await h.poll()  # the launched job is listed: the last good view holds one job
     h.backend.list_error = TransientError("backend down")
-    h.ctx.retry = type(h.ctx.retry)(max_attempts=2, max_seconds=1, initial_backoff=0.001)
+    h.ctx.retry = replace(h.ctx.retry, max_attempts=2, max_seconds=1, initial_backoff=0.001)
     assert await h.cycle() == ("stale_view", 0)
     assert len(h.ctx.state.snapshot.pools["p"].jobs.value or ()) == 1  # last good view kept
     assert h.sample("codalab_scaler_retries_total", peer="backend", pool="p") == 1

@@ -44,7 +44,6 @@ ROOT_USER = "codalab"
 REFRESH_MARGIN_MAX = 600.0  # the original refreshes when fewer than 10 minutes remain
 MAX_PAGES = 1000  # 500 000 staged bundles at the default page size: far past any real queue
 _SNIPPET = 120
-DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ class CodaLabClient:
         credentials: Credentials,
         *,
         session: aiohttp.ClientSession | None = None,
-        request_timeout: float = 30.0,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        request_timeout: float,
+        retry: RetryPolicy,
         on_retry: RetryHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         page_size: int = 500,
