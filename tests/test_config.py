@@ -6,23 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from codalab_scaler.config.settings import load_settings
+from codalab_scaler.config.loader import load_settings, read_config_file
+from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.entry.cli import build_parser, main, settings_values, split_search
+from codalab_scaler.entry.cli import build_parser, main, settings_from_args, split_search
+from codalab_scaler.entry.flags import settings_values
 
 ENV = {"CODALAB_USERNAME": "alice", "CODALAB_PASSWORD": "pw-123"}
 
 
-def load(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def load(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
     args = build_parser().parse_args(split_search(argv))
-    values, config = settings_values(args, ENV if environ is None else environ)
-    return load_settings(values, config)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CODALAB_USERNAME", "CODALAB_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
+    return settings_from_args(args, ENV if environ is None else environ)
 
 
 def test_defaults_are_the_originals() -> None:
@@ -90,16 +85,17 @@ def test_toml_declares_several_pools_and_flags_override(tmp_path: Path) -> None:
     assert s.pools["gpu"].worker_tag == "gpu"
 
 
-def test_environment_sets_any_setting_between_toml_and_flags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_sets_any_setting_between_toml_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "scaler.toml"
     config.write_text("sleep_time = 10\n[pools.cpu]\nmax_workers = 4\n")
-    monkeypatch.setenv("CODALAB_SCALER_SLEEP_TIME", "20")
-    monkeypatch.setenv("CODALAB_SCALER_POOLS__CPU__MAX_WORKERS", "6")
-    s = load(["--config", str(config)])
+    env = {
+        **ENV,
+        "CODALAB_SCALER_SLEEP_TIME": "20",
+        "CODALAB_SCALER_POOLS__CPU__MAX_WORKERS": "6",
+    }
+    s = load(["--config", str(config)], env)
     assert (s.sleep_time, s.pools["cpu"].max_workers) == (20, 6)
-    s = load(["--config", str(config), "--sleep-time", "1"])
+    s = load(["--config", str(config), "--sleep-time", "1"], env)
     assert s.sleep_time == 1
 
 
@@ -114,15 +110,7 @@ def test_password_file(tmp_path: Path) -> None:
 
 
 def errors(argv: list[str], capsys: pytest.CaptureFixture[str], env: bool = True) -> list[str]:
-    import os
-
-    if env:
-        os.environ.update(ENV)
-    try:
-        code = main(argv)
-    finally:
-        for k in ENV:
-            os.environ.pop(k, None)
+    code = main(argv, environ=ENV if env else {})
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
@@ -173,7 +161,7 @@ def test_unreadable_password_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--min-workers", "many", "local"])
+        main(["--min-workers", "many", "local"], environ={})
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["codalab-scaler: error: argument --min-workers: invalid int value: 'many'"]
@@ -187,7 +175,7 @@ def test_no_pool_at_all(capsys: pytest.CaptureFixture[str]) -> None:
 def test_pool_flags_without_backend_are_refused() -> None:
     args = build_parser().parse_args(["--max-workers", "3"])
     with pytest.raises(ConfigError, match="--max-workers: pool flags need a backend"):
-        settings_values(args, ENV)
+        settings_values(args)
 
 
 def test_invalid_pool_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -220,11 +208,15 @@ def test_search_words_stop_at_the_backend_subcommand(argv: list[str], search: li
 
 
 def test_a_backend_error_names_the_field_as_the_operator_wrote_it(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("CODALAB_USERNAME", "u")
-    monkeypatch.setenv("CODALAB_PASSWORD", "p")
-    assert main(["slurm-batch", "--cpus", "0"]) == 2
+    assert (
+        main(
+            ["slurm-batch", "--cpus", "0"],
+            environ={"CODALAB_USERNAME": "u", "CODALAB_PASSWORD": "p"},
+        )
+        == 2
+    )
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "codalab-scaler: config error: pools.default.backend.partition: Field required",
@@ -235,7 +227,7 @@ def test_a_backend_error_names_the_field_as_the_operator_wrote_it(
 def test_a_backend_table_without_kind_is_local(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[pools.a.backend]\ncpus = 2\n[pools.b.backend]\nkind = "local"\n')
-    s = load_settings({"username": "u", "password": "p"}, config)
+    s = load_settings({"username": "u", "password": "p"}, {}, read_config_file(config))
     assert {name: pool.backend.kind for name, pool in s.pools.items()} == {
         "a": "local",
         "b": "local",

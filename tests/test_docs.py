@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from codalab_scaler.config.settings import PoolSettings, Settings
-from codalab_scaler.entry.flags import BACKENDS
+from codalab_scaler.sources.backends.registry import BACKEND_KINDS
 from tests.harness import exported
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -50,6 +50,6 @@ def test_settings_reference_lists_every_setting() -> None:
     assert pool == set(PoolSettings.model_fields)
 
 
-@pytest.mark.parametrize(("kind", "model"), sorted(BACKENDS.items()))
+@pytest.mark.parametrize(("kind", "model"), [(k.name, k.settings) for k in BACKEND_KINDS])
 def test_each_backend_section_lists_its_settings(kind: str, model: type[BaseModel]) -> None:
     assert first_column(section(f"### Backend `{kind}`")) == set(model.model_fields)

@@ -24,7 +24,8 @@ from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.runtime import Service
 from codalab_scaler.sources.backends import WorkerCredentials
-from codalab_scaler.sources.backends.slurm import SlurmBatchBackend
+from codalab_scaler.sources.backends.slurm.backend import SlurmBatchBackend
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
 from tests.fakes import FakeBundles, FakeClock
 from tests.harness import OnePool
 from tests.scaler_process import Launcher, creds, launcher, scrape
@@ -90,7 +91,7 @@ class Scenario(OnePool):
 
     def new_backend(self) -> SlurmBatchBackend:
         pool = self.settings.pools["p"]
-        assert pool.backend.kind == "slurm-batch"
+        assert isinstance(pool.backend, SlurmBatchBackendSettings)
         options = pool.worker_options(self.settings.server)
         creds = WorkerCredentials("alice", PASSWORD)
         return SlurmBatchBackend("p", options, pool.backend, creds, env=self.env)

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -94,7 +95,7 @@ class Service:
         )
         pools: dict[str, PoolRuntime] = {}
         for name, pool in settings.pools.items():
-            backend = (
+            backend: Any = (  # a fake's or create_backend's: both have aclose
                 backends[name]
                 if backends is not None
                 else create_backend(
