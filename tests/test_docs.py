@@ -53,3 +53,20 @@ def test_settings_reference_lists_every_setting() -> None:
 @pytest.mark.parametrize(("kind", "model"), [(k.name, k.settings) for k in BACKEND_KINDS])
 def test_each_backend_section_lists_its_settings(kind: str, model: type[BaseModel]) -> None:
     assert first_column(section(f"### Backend `{kind}`")) == set(model.model_fields)
+
+
+def test_settings_reference_is_up_to_date() -> None:
+    from docs.generate import REFERENCE, settings_markdown
+
+    written = (REFERENCE / "settings.md").read_text()
+    assert written == settings_markdown(), (
+        "docs/reference/settings.md is out of date: run `python docs/generate.py`"
+    )
+
+
+def test_every_setting_has_a_description() -> None:
+    models: list[type[BaseModel]] = [Settings, PoolSettings]
+    models += [kind.settings for kind in BACKEND_KINDS]
+    for model in models:
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"

@@ -272,8 +272,8 @@ class Settings(StrictModel):
     in_flight_timeout_seconds: PositiveFloat = Field(
         default=300,
         description="Seconds an accepted launch counts as pending while the backend does "
-        "not list it yet. 300: longer than any backend's listing lag seen, short enough "
-        "that a lost launch does not block the pool for long.",
+        "not list it yet. 300: far beyond the seconds a backend normally takes to list a "
+        "new job, short enough that a lost launch does not hold the pool back for long.",
     )
     request_timeout_seconds: PositiveFloat = Field(
         default=30,
@@ -318,8 +318,8 @@ class Settings(StrictModel):
     )
     http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=9740,
-        description="Port of /metrics, /healthz and /status; 0 picks a free one. 9740: "
-        "unassigned, near other exporters' ports.",
+        description="Port of /metrics, /healthz and /status; 0 picks a free one. 9740: a "
+        "fixed port in the range Prometheus exporters use, so scrape configs can name it.",
     )
     temp_session: bool = Field(
         default=True,

@@ -66,8 +66,8 @@ class SlurmBatchBackendSettings(StrictModel):
     )
     gpus: NonNegativeInt = Field(
         default=1,
-        description="GPUs each worker job requests, a count. 1: the original's default "
-        "(Slurm clusters are where CodaLab's GPU workers run).",
+        description="GPUs each worker job requests, a count. 1: the original's default for "
+        "slurm-batch; set 0 for a CPU partition.",
     )
     gpu_type: str | None = Field(
         default=None,
