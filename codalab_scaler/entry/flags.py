@@ -103,6 +103,8 @@ def _help(name: str, info: FieldInfo) -> str:
     text = info.description or ""
     if name in HELP_DEFAULTS:
         text += f" (default: {HELP_DEFAULTS[name]})"
+    elif info.is_required():
+        text += " (required)"
     elif info.default_factory is None and info.default not in (None, False, ""):
         text += f" (default: {info.default})"
     return text.replace("%", "%%")

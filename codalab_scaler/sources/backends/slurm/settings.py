@@ -42,7 +42,7 @@ class SlurmBatchBackendSettings(StrictModel):
 
     kind: Literal["slurm-batch"] = Field(default="slurm-batch", description="Backend kind.")
     partition: str = Field(
-        description="Slurm partition jobs are submitted to and listed in. Required: a "
+        description="Slurm partition jobs are submitted to and listed in. No default: a "
         "cluster has no partition that is right for everyone.",
     )
     job_name: str = Field(
