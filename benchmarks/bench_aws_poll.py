@@ -28,9 +28,9 @@ import aiobotocore
 from aiohttp import web
 
 from benchmarks.report import write_report
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
-from codalab_scaler.core.worker_command import WorkerOptions
-from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.config.settings import PoolSettings
+from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
 
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
@@ -90,7 +90,8 @@ async def bench(jobs: int, page_size: int, rounds: int) -> dict[str, Any]:
         password_secret_arn="arn:bench",
         execution_role_arn="arn:bench-role",
     )
-    backend = AwsBatchBackend("bench", WorkerOptions(), settings, WorkerCredentials("u", "p"))
+    options = PoolSettings().worker_options("https://worksheets.codalab.org")
+    backend = AwsBatchBackend("bench", options, settings, WorkerCredentials("u", "p"))
     try:
         listed = await backend.list_jobs()  # warm up: client creation, credentials, connections
         timings = []

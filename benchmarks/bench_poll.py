@@ -28,6 +28,7 @@ from codalab_scaler.core.prefilter import WorkerShape, prefilter
 from codalab_scaler.simulator import CodaLabSimulator
 from codalab_scaler.sources.codalab import CodaLabClient, Credentials, staged_keywords
 from codalab_scaler.sources.codalab.jsonapi import parse_bundles
+from codalab_scaler.sources.retry import RetryPolicy
 
 USER, PASSWORD = "codalab", "bench-password"
 
@@ -66,7 +67,7 @@ def bench_parse(size: int) -> dict[str, Any]:
     tracemalloc.start()
     started = time.perf_counter()
     parsed = parse_bundles(json.loads(text))
-    prefilter(parsed.bundles, WorkerShape(cpus=2, memory_mb=4096))
+    prefilter(parsed.bundles, WorkerShape(cpus=2, gpus=0, memory_mb=4096))
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -82,14 +83,20 @@ async def bench_fetch(size: int, page_size: int) -> dict[str, Any]:
     for i in range(size):
         sim.add_bundle(USER, cpus=1 + i % 4, memory=f"{1 + i % 8}g")
     await sim.start()
-    client = CodaLabClient(sim.url, Credentials(USER, PASSWORD), page_size=page_size)
+    client = CodaLabClient(
+        sim.url,
+        Credentials(USER, PASSWORD),
+        page_size=page_size,
+        request_timeout=30,
+        retry=RetryPolicy(max_attempts=4, max_seconds=30, initial_backoff=0.5, max_backoff=8),
+    )
     try:
         await client.login()
         keywords = staged_keywords(USER, [], None, tag_exclusive=False)
         tracemalloc.start()
         started = time.perf_counter()
         parsed = await client.fetch_staged(keywords)
-        view = prefilter(parsed.bundles, WorkerShape(cpus=2, memory_mb=4096))
+        view = prefilter(parsed.bundles, WorkerShape(cpus=2, gpus=0, memory_mb=4096))
         elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -101,7 +108,13 @@ async def bench_fetch(size: int, page_size: int) -> dict[str, Any]:
     state = PoolState(
         bundles=Observation(view, observed_at=0.0), jobs=Observation((), observed_at=0.0)
     )
-    policy = Policy(min_workers=0, max_workers=50)
+    policy = Policy(
+        min_workers=0,
+        max_workers=50,
+        min_seconds_between_workers=60,
+        staleness_seconds=15,
+        max_launches_per_pass=1,
+    )
     rounds = 2000
     t0 = time.perf_counter()
     for _ in range(rounds):

@@ -18,7 +18,9 @@ REFERENCE = Path(__file__).resolve().parent / "reference"
 
 def settings_markdown() -> str:
     """The settings reference, from the settings models' field descriptions."""
-    raise NotImplementedError
+    from codalab_scaler.entry.reference import settings_markdown as render
+
+    return render()
 
 
 # The suffix Prometheus' text format adds to a family's name, by type.

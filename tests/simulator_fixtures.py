@@ -56,6 +56,7 @@ async def client_factory_fixture() -> AsyncIterator[ClientFactory]:
         server: str, username: str = "codalab", password: str | None = None, **kwargs: Any
     ) -> CodaLabClient:
         kwargs.setdefault("retry", FAST_RETRY)
+        kwargs.setdefault("request_timeout", 30.0)
         secret = USERS.get(username, "") if password is None else password
         client = CodaLabClient(server, Credentials(username, secret), **kwargs)
         made.append(client)

@@ -13,15 +13,16 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import LaunchRefused, RefusedError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.service.loops import run_once
 from codalab_scaler.service.wiring import Overrides
-from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
+from tests.defaults import worker_options
 from tests.fakes import FakeBundles
 from tests.harness import opened
 from tests.moto_server import QUEUE, ROLE_ARN, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
@@ -48,7 +49,7 @@ async def make(moto: MotoBatch) -> AsyncIterator[Make]:
         kw.setdefault("execution_role_arn", ROLE_ARN)
         kw.setdefault("job_queue", QUEUE)
         settings = AwsBatchBackendSettings(endpoint_url=moto.url, **kw)
-        backend = AwsBatchBackend(pool, options or WorkerOptions(), settings, CREDENTIALS)
+        backend = AwsBatchBackend(pool, options or worker_options(), settings, CREDENTIALS)
         made.append(backend)
         return backend
 

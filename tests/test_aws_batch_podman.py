@@ -21,15 +21,15 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.model import JobState, WorkerJob
-from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.service.loops import run_once
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.wiring import Overrides
-from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
+from tests.defaults import worker_options
 from tests.fakes import FakeBundles
 from tests.harness import opened
 from tests.moto_server import (
@@ -93,7 +93,7 @@ async def make(moto: MotoBatch) -> AsyncIterator[Make]:
             password_secret_arn=SECRET_ARN,
             execution_role_arn=ROLE_ARN,
         )
-        options = WorkerOptions(executable=executable, idle_seconds=idle_seconds)
+        options = worker_options(executable=executable, idle_seconds=idle_seconds)
         backend = AwsBatchBackend("default", options, settings, CREDENTIALS)
         made.append(backend)
         return backend

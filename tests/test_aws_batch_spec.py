@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from codalab_scaler.config.settings import AwsBatchBackendSettings, load_settings
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.core.worker_command import WorkerOptions
-from codalab_scaler.entry.cli import build_parser, settings_values, split_search
+from codalab_scaler.entry.cli import build_parser, settings_from_args, split_search
 from codalab_scaler.sources.backends.aws_batch import spec
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
+from tests.defaults import worker_options
 
 INPUTS = spec.DefinitionInputs(
     name="codalab-worker", image="codalab/worker:1", cpus=2, gpus=0, memory_mb=4096,
@@ -42,7 +42,7 @@ def test_the_container_command_runs_the_seed_command_with_the_host_name(tmp_path
     printer = tmp_path / "cl worker's"  # a space and a quote: quoting must hold
     printer.write_text('#!/bin/sh\nfor arg in "$@"; do printf "%s\\n" "$arg"; done\n')
     printer.chmod(0o755)
-    options = WorkerOptions(
+    options = worker_options(
         server="https://cl.example", executable=str(printer), tag="it's $(tag)",
         work_dir_prefix="/scratch/",
     )  # fmt: skip
@@ -110,8 +110,8 @@ def test_the_newest_active_matching_revision_is_reused() -> None:
 
 def load(argv: list[str]) -> AwsBatchBackendSettings:
     args = build_parser().parse_args(split_search(argv))
-    values, config = settings_values(args, {"CODALAB_USERNAME": "u", "CODALAB_PASSWORD": "p"})
-    backend = load_settings(values, config).pools["default"].backend
+    settings = settings_from_args(args, {"CODALAB_USERNAME": "u", "CODALAB_PASSWORD": "p"})
+    backend = settings.pools["default"].backend
     assert isinstance(backend, AwsBatchBackendSettings)
     return backend
 

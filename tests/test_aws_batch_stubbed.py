@@ -24,16 +24,16 @@ from botocore.exceptions import (
 )
 from prometheus_client import CollectorRegistry
 
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
-from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.wiring import Overrides
-from codalab_scaler.sources.backends.aws_batch import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
 from codalab_scaler.sources.backends.aws_batch.errors import translate
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
+from tests.defaults import worker_options
 from tests.fakes import FakeBundles
 from tests.harness import opened
 from tests.moto_server import aws_env
@@ -108,7 +108,7 @@ class FakeBatch:
 def backend_with(fake: FakeBatch, **settings: Any) -> AwsBatchBackend:
     return AwsBatchBackend(
         "p",
-        WorkerOptions(),
+        worker_options(),
         AwsBatchBackendSettings(password_secret_arn=ARN, **settings),
         WorkerCredentials("u", "pw"),
         client=cast("BatchClient", fake),
@@ -317,7 +317,7 @@ async def test_botocore_itself_does_not_retry(failing_aws: tuple[str, list[str]]
     url, seen = failing_aws
     backend = AwsBatchBackend(
         "p",
-        WorkerOptions(),
+        worker_options(),
         AwsBatchBackendSettings(password_secret_arn=ARN, endpoint_url=url),
         WorkerCredentials("u", "pw"),
     )
@@ -339,7 +339,7 @@ async def test_an_unreachable_endpoint_is_transient(aws_env: None, unused_tcp_po
         endpoint_url=f"http://127.0.0.1:{unused_tcp_port}",
         connect_timeout_seconds=1,
     )
-    backend = AwsBatchBackend("p", WorkerOptions(), settings, WorkerCredentials("u", "pw"))
+    backend = AwsBatchBackend("p", worker_options(), settings, WorkerCredentials("u", "pw"))
     try:
         with pytest.raises(TransientError, match="EndpointConnectionError"):
             await backend.list_jobs()

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from codalab_scaler.core.errors import LoginRefused, RefusedError, TransientError
 from codalab_scaler.simulator import CodaLabSimulator, RecordedRequest
 from codalab_scaler.sources.codalab import CodaLabClient, Credentials, staged_keywords
+from tests.defaults import retry_policy
 from tests.fakes import FakeClock
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     USERS,
@@ -357,7 +358,13 @@ async def test_logs_never_carry_the_password_or_a_token(
 
 async def test_a_borrowed_session_is_left_open(sim: CodaLabSimulator) -> None:
     async with aiohttp.ClientSession() as session:
-        client = CodaLabClient(sim.url, Credentials("codalab", "codalab"), session=session)
+        client = CodaLabClient(
+            sim.url,
+            Credentials("codalab", "codalab"),
+            session=session,
+            request_timeout=30,
+            retry=retry_policy(),
+        )
         await client.login()
         await client.aclose()
         assert not session.closed

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from codalab_scaler.config.settings import load_settings
+from codalab_scaler.config.loader import load_settings, read_config_file
+from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.entry.cli import build_parser, main, settings_values, split_search
+from codalab_scaler.entry.cli import build_parser, main, settings_from_args, split_search
+from codalab_scaler.entry.flags import settings_values
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
+from codalab_scaler.sources.backends.local.settings import LocalBackendSettings
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
 
 ENV = {"CODALAB_USERNAME": "alice", "CODALAB_PASSWORD": "pw-123"}
 
 
-def load(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def load(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
     args = build_parser().parse_args(split_search(argv))
-    values, config = settings_values(args, ENV if environ is None else environ)
-    return load_settings(values, config)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CODALAB_USERNAME", "CODALAB_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
+    return settings_from_args(args, ENV if environ is None else environ)
 
 
 def test_defaults_are_the_originals() -> None:
@@ -90,16 +91,17 @@ def test_toml_declares_several_pools_and_flags_override(tmp_path: Path) -> None:
     assert s.pools["gpu"].worker_tag == "gpu"
 
 
-def test_environment_sets_any_setting_between_toml_and_flags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_sets_any_setting_between_toml_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "scaler.toml"
     config.write_text("sleep_time = 10\n[pools.cpu]\nmax_workers = 4\n")
-    monkeypatch.setenv("CODALAB_SCALER_SLEEP_TIME", "20")
-    monkeypatch.setenv("CODALAB_SCALER_POOLS__CPU__MAX_WORKERS", "6")
-    s = load(["--config", str(config)])
+    env = {
+        **ENV,
+        "CODALAB_SCALER_SLEEP_TIME": "20",
+        "CODALAB_SCALER_POOLS__CPU__MAX_WORKERS": "6",
+    }
+    s = load(["--config", str(config)], env)
     assert (s.sleep_time, s.pools["cpu"].max_workers) == (20, 6)
-    s = load(["--config", str(config), "--sleep-time", "1"])
+    s = load(["--config", str(config), "--sleep-time", "1"], env)
     assert s.sleep_time == 1
 
 
@@ -114,15 +116,7 @@ def test_password_file(tmp_path: Path) -> None:
 
 
 def errors(argv: list[str], capsys: pytest.CaptureFixture[str], env: bool = True) -> list[str]:
-    import os
-
-    if env:
-        os.environ.update(ENV)
-    try:
-        code = main(argv)
-    finally:
-        for k in ENV:
-            os.environ.pop(k, None)
+    code = main(argv, environ=ENV if env else {})
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
@@ -173,7 +167,7 @@ def test_unreadable_password_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--min-workers", "many", "local"])
+        main(["--min-workers", "many", "local"], environ={})
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["codalab-scaler: error: argument --min-workers: invalid int value: 'many'"]
@@ -187,7 +181,7 @@ def test_no_pool_at_all(capsys: pytest.CaptureFixture[str]) -> None:
 def test_pool_flags_without_backend_are_refused() -> None:
     args = build_parser().parse_args(["--max-workers", "3"])
     with pytest.raises(ConfigError, match="--max-workers: pool flags need a backend"):
-        settings_values(args, ENV)
+        settings_values(args)
 
 
 def test_invalid_pool_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -220,11 +214,15 @@ def test_search_words_stop_at_the_backend_subcommand(argv: list[str], search: li
 
 
 def test_a_backend_error_names_the_field_as_the_operator_wrote_it(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("CODALAB_USERNAME", "u")
-    monkeypatch.setenv("CODALAB_PASSWORD", "p")
-    assert main(["slurm-batch", "--cpus", "0"]) == 2
+    assert (
+        main(
+            ["slurm-batch", "--cpus", "0"],
+            environ={"CODALAB_USERNAME": "u", "CODALAB_PASSWORD": "p"},
+        )
+        == 2
+    )
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "codalab-scaler: config error: pools.default.backend.partition: Field required",
@@ -235,9 +233,148 @@ def test_a_backend_error_names_the_field_as_the_operator_wrote_it(
 def test_a_backend_table_without_kind_is_local(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[pools.a.backend]\ncpus = 2\n[pools.b.backend]\nkind = "local"\n')
-    s = load_settings({"username": "u", "password": "p"}, config)
+    s = load_settings({"username": "u", "password": "p"}, {}, read_config_file(config))
     assert {name: pool.backend.kind for name, pool in s.pools.items()} == {
         "a": "local",
         "b": "local",
     }
     assert s.pools["a"].backend.cpus == 2
+
+
+# The original cl-worker-manager's global flags, and what each sets.
+ORIGINAL_GLOBAL_FLAGS = [
+    "--server", "https://cl.example.org/", "--min-workers", "0", "--max-workers", "3",
+    "--search", "request_gpus=0", ".shared", "--verbose", "--sleep-time", "7",
+    "--once", "--min-seconds-between-workers", "30", "--no-prefilter",
+    "--worker-tag", "cpuq", "--worker-tag-exclusive", "--worker-group", "nlp",
+    "--worker-executable", "/opt/cl-worker", "--worker-idle-seconds", "60",
+    "--worker-work-dir-prefix", "/scratch", "--worker-max-work-dir-size", "10g",
+    "--worker-delete-work-dir-on-exit", "--worker-exit-after-num-runs", "1",
+    "--worker-exit-on-exception", "--worker-pass-down-termination",
+    "--worker-checkin-frequency-seconds", "15",
+    "--worker-download-dependencies-max-retries", "5",
+    "--worker-shared-memory-size-gb", "4", "--worker-preemptible",
+    "--temp-session", "--restart-after-seconds", "3600",
+]  # fmt: skip
+ORIGINAL_GLOBAL_SETTINGS = {
+    "server": "https://cl.example.org", "verbose": True, "sleep_time": 7, "once": True,
+    "temp_session": True, "restart_after_seconds": 3600,
+}  # fmt: skip
+ORIGINAL_POOL_SETTINGS = {
+    "min_workers": 0, "max_workers": 3, "search": ["request_gpus=0", ".shared"],
+    "min_seconds_between_workers": 30, "no_prefilter": True, "worker_tag": "cpuq",
+    "worker_tag_exclusive": True, "worker_group": "nlp", "worker_executable": "/opt/cl-worker",
+    "worker_idle_seconds": 60, "worker_work_dir_prefix": "/scratch",
+    "worker_max_work_dir_size": "10g", "worker_delete_work_dir_on_exit": True,
+    "worker_exit_after_num_runs": 1, "worker_exit_on_exception": True,
+    "worker_pass_down_termination": True, "worker_checkin_frequency_seconds": 15,
+    "worker_download_dependencies_max_retries": 5, "worker_shared_memory_size_gb": 4,
+    "worker_preemptible": True, "exit_after_num_failed": 2,
+}  # fmt: skip
+# Each backend subcommand with the original's flags for it (and --exit-after-num-failed,
+# which the original had after slurm-batch only), and the backend settings they give.
+ORIGINAL_BACKEND_FLAGS: dict[str, tuple[list[str], dict[str, Any], dict[str, Any]]] = {
+    "local": (
+        ["--cpus", "4", "--gpus", "1", "--memory-mb", "8192", "--exit-after-num-failed", "2"],
+        {"cpus": 4, "gpus": 1, "memory_mb": 8192},
+        {},
+    ),
+    "aws-batch": (
+        [
+            "--region", "eu-west-1", "--job-definition-name", "cw-def", "--cpus", "4",
+            "--gpus", "1", "--memory-mb", "8192", "--user", "worker", "--job-queue", "q1",
+            "--job-filter", "cw-.*", "--allow-plaintext-password",
+            "--exit-after-num-failed", "2",
+        ],
+        {
+            "region": "eu-west-1", "job_definition_name": "cw-def", "cpus": 4, "gpus": 1,
+            "memory_mb": 8192, "user": "worker", "job_queue": "q1", "job_filter": "cw-.*",
+        },
+        {},
+    ),
+    "slurm-batch": (
+        [
+            "--job-name", "cw", "--nodelist", "n1", "--exclude", "n2", "--partition", "gpu",
+            "--cpus", "4", "--gpus", "0", "--gpu-type", "a100", "--constraint", "ib",
+            "--memory-mb", "8192", "--time", "1-0", "--dry-run", "--user", "bob",
+            "--password-file", "PASSWORD_FILE", "--slurm-work-dir", "/scratch/slurm",
+            "--exit-after-num-failed", "2",
+        ],
+        {
+            "job_name": "cw", "nodelist": "n1", "exclude": "n2", "partition": "gpu", "cpus": 4,
+            "gpus": 0, "gpu_type": "a100", "constraint": "ib", "memory_mb": 8192,
+            "time": "1-0", "user": "bob", "slurm_work_dir": Path("/scratch/slurm"),
+        },
+        {"dry_run": True, "username": "bob"},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(ORIGINAL_BACKEND_FLAGS))
+def test_every_original_flag_works_with_each_backend(kind: str, tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("bob\nsecret\n")
+    flags, backend, service = ORIGINAL_BACKEND_FLAGS[kind]
+    flags = [str(pw) if flag == "PASSWORD_FILE" else flag for flag in flags]
+    s = load([*ORIGINAL_GLOBAL_FLAGS, kind, *flags])
+    for name, value in {**ORIGINAL_GLOBAL_SETTINGS, **service}.items():
+        assert getattr(s, name) == value, name
+    pool = s.pools["default"]
+    for name, value in ORIGINAL_POOL_SETTINGS.items():
+        assert getattr(pool, name) == value, name
+    assert pool.backend.kind == kind
+    for name, value in backend.items():
+        assert getattr(pool.backend, name) == value, name
+
+
+@pytest.mark.parametrize("kind", sorted(ORIGINAL_BACKEND_FLAGS))
+def test_exit_after_num_failed_after_any_backend(kind: str) -> None:
+    extra = {"aws-batch": ["--allow-plaintext-password"], "slurm-batch": ["--partition", "p"]}
+    s = load([kind, *extra.get(kind, []), "--exit-after-num-failed", "3"])
+    assert s.pools["default"].exit_after_num_failed == 3
+
+
+def test_environment_dependent_defaults_come_from_the_given_environment() -> None:
+    env = {**ENV, "XDG_STATE_HOME": "/xdg", "CODALAB_VERSION": "1.2.3", "LOGNAME": "carol"}
+    local = load(["local"], env).pools["default"].backend
+    assert isinstance(local, LocalBackendSettings)
+    assert local.state_dir == Path("/xdg/codalab-scaler")
+    local = load(["local"], {**ENV, "HOME": "/home/d"}).pools["default"].backend
+    assert isinstance(local, LocalBackendSettings)
+    assert local.state_dir == Path("/home/d/.local/state/codalab-scaler")
+    aws = load(["aws-batch", "--allow-plaintext-password"], env).pools["default"].backend
+    assert isinstance(aws, AwsBatchBackendSettings)
+    assert aws.image == "codalab/worker:1.2.3"
+    slurm = load(["slurm-batch", "--partition", "p"], env).pools["default"].backend
+    assert isinstance(slurm, SlurmBatchBackendSettings)
+    assert slurm.user == "carol"
+
+
+def test_a_toml_pool_gets_its_kinds_environment_defaults_and_env_tables_merge() -> None:
+    env = {
+        **ENV,
+        "CODALAB_VERSION": "9",
+        "CODALAB_SCALER_POOLS__GPU__BACKEND__GPUS": "2",
+        "CODALAB_SCALER_POOLS__GPU__SEARCH": '["request_gpus>0"]',
+    }
+    toml = {"pools": {"gpu": {"backend": {"kind": "aws-batch", "allow_plaintext_password": True}}}}
+    s = load_settings({}, env, toml)
+    backend = s.pools["gpu"].backend
+    assert isinstance(backend, AwsBatchBackendSettings)
+    assert (backend.gpus, backend.image) == (2, "codalab/worker:9")
+    assert s.pools["gpu"].search == ["request_gpus>0"]
+
+
+def test_help_and_validation_never_import_an_sdk() -> None:
+    code = (
+        "import sys\n"
+        "from codalab_scaler.entry.cli import build_parser, settings_from_args, split_search\n"
+        "build_parser().format_help()\n"
+        "args = build_parser().parse_args(['aws-batch', '--allow-plaintext-password'])\n"
+        "settings_from_args(args, {'CODALAB_USERNAME': 'u', 'CODALAB_PASSWORD': 'p'})\n"
+        "print(sorted({'botocore', 'aiobotocore'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

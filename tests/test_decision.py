@@ -47,7 +47,13 @@ def pool(
     )
 
 
-BASE = Policy(min_workers=0, max_workers=10, min_seconds_between_workers=60, staleness_seconds=15)
+BASE = Policy(
+    min_workers=0,
+    max_workers=10,
+    min_seconds_between_workers=60,
+    staleness_seconds=15,
+    max_launches_per_pass=1,
+)
 
 # fmt: off
 CASES: list[tuple[str, PoolState, Policy, int, Reason, tuple[Reason, ...]]] = [

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from codalab_scaler.entry.flags import BACKENDS
+from codalab_scaler.config.settings import PoolSettings, Settings
+from codalab_scaler.sources.backends.registry import BACKEND_KINDS, kind_names
 from tests.harness import exported
 
 ROOT = Path(__file__).parent.parent
@@ -20,9 +22,6 @@ PAGES = sorted(DOCS.rglob("*.md"))
 README_MAX_LINES = 260
 # [text](target): the target up to a space, a closing parenthesis or a fragment.
 LINK = re.compile(r"\]\(([^)\s#]*)(?:#[^)\s]*)?\)")
-
-# The settings reference (docs/reference/settings.md) gets its own is-up-to-date test
-# with the generated settings (config branch of issue 9).
 
 
 # docs/generate.py run as a script's namespace (``docs`` is not a package).
@@ -61,7 +60,7 @@ def test_metrics_reference_lists_exactly_the_exported_metrics() -> None:
     assert documented == exported_metric_names()
 
 
-@pytest.mark.parametrize("kind", sorted(BACKENDS))
+@pytest.mark.parametrize("kind", sorted(kind_names()))
 def test_every_backend_has_its_page(kind: str) -> None:
     page = DOCS / "backends" / f"{kind}.md"
     assert page.is_file(), f"backend {kind!r} has no page {page.relative_to(ROOT)}"
@@ -69,7 +68,7 @@ def test_every_backend_has_its_page(kind: str) -> None:
 
 
 def test_no_page_for_a_backend_that_does_not_exist() -> None:
-    assert {page.stem for page in (DOCS / "backends").glob("*.md")} == set(BACKENDS)
+    assert {page.stem for page in (DOCS / "backends").glob("*.md")} == set(kind_names())
 
 
 def test_readme_is_a_front_page_that_links_every_docs_page() -> None:
@@ -98,3 +97,23 @@ def test_relative_links_point_to_files_that_exist(page: Path) -> None:
         and (page.parent / target).resolve() not in generated
     ]
     assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+
+
+def settings_markdown() -> str:
+    render: Callable[[], str] = GENERATE["settings_markdown"]
+    return render()
+
+
+def test_settings_reference_is_up_to_date() -> None:
+    written = (DOCS / "reference" / "settings.md").read_text()
+    assert written == settings_markdown(), (
+        "docs/reference/settings.md is out of date: run `python docs/generate.py`"
+    )
+
+
+def test_every_setting_has_a_description() -> None:
+    models: list[type[BaseModel]] = [Settings, PoolSettings]
+    models += [kind.settings for kind in BACKEND_KINDS]
+    for model in models:
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"

@@ -28,7 +28,8 @@ from codalab_scaler.core.worker_command import (
     resolve_hostname,
     work_dir_for,
 )
-from codalab_scaler.sources.backends.local import LocalBackend
+from codalab_scaler.sources.backends.local.backend import LocalBackend
+from tests.defaults import worker_options
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ class Rig:
         self.script.chmod(0o755)
 
     def options(self, **overrides: Any) -> WorkerOptions:
-        return WorkerOptions(**{"executable": str(self.script), **overrides})
+        return worker_options(**{"executable": str(self.script), **overrides})
 
     def backend(
         self,
@@ -252,12 +253,12 @@ async def _lists_nothing(backend: LocalBackend) -> bool:
 RESTARTED_SCALER = """
 import asyncio, sys
 from pathlib import Path
-from codalab_scaler.sources.backends.local import LocalBackend
-from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.sources.backends.local.backend import LocalBackend
+from tests.defaults import worker_options
 
 async def main() -> None:
     backend = LocalBackend(
-        "cpu", WorkerOptions(executable=sys.argv[1]), Path(sys.argv[2]),
+        "cpu", worker_options(executable=sys.argv[1]), Path(sys.argv[2]),
         env={"FAKE_RECORD_DIR": sys.argv[3]},
     )
     print(await backend.launch("w1"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from codalab_scaler.config.settings import load_settings
+from codalab_scaler.config.loader import load_settings, read_config_file
 from tests.ops_promql import JOB, ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -234,7 +234,7 @@ def test_base_resource_files_validate(path: Path) -> None:
 
 @pytest.mark.parametrize("config", [BASE / "config.toml", OVERLAY / "config.toml"], ids=str)
 def test_configmap_toml_is_a_valid_configuration(config: Path) -> None:
-    settings = load_settings({"username": "u", "password": "p"}, config)
+    settings = load_settings({"username": "u", "password": "p"}, {}, read_config_file(config))
     assert settings.pools
     assert settings.http_port == 9740
 

@@ -5,6 +5,7 @@ import pytest
 from codalab_scaler.core.model import FilteredBundle, StagedBundle
 from codalab_scaler.core.prefilter import WorkerShape, prefilter
 from codalab_scaler.core.sizes import parse_size
+from tests.defaults import worker_shape
 
 GiB = 1024**3
 
@@ -59,6 +60,6 @@ def test_prefilter_keeps_equal_and_drops_larger_with_reason() -> None:
 
 
 def test_no_prefilter_keeps_everything() -> None:
-    view = prefilter([bundle("big", 64, 8, 1024 * GiB)], WorkerShape(), enabled=False)
+    view = prefilter([bundle("big", 64, 8, 1024 * GiB)], worker_shape(), enabled=False)
     assert [b.uuid for b in view.staged] == ["big"]
     assert view.filtered == ()

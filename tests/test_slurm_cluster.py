@@ -28,7 +28,8 @@ from codalab_scaler.service.context import Context
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.wiring import Overrides
 from codalab_scaler.sources.backends import WorkerCredentials
-from codalab_scaler.sources.backends.slurm import SlurmBatchBackend
+from codalab_scaler.sources.backends.slurm.backend import SlurmBatchBackend
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
 from tests.fakes import FakeBundles, FakeClock
 from tests.harness import OnePool, opened
 from tests.scaler_process import Launcher, creds, launcher, scrape
@@ -88,7 +89,7 @@ class Plan:
 
     def new_backend(self) -> SlurmBatchBackend:
         pool = self.settings.pools["p"]
-        assert pool.backend.kind == "slurm-batch"
+        assert isinstance(pool.backend, SlurmBatchBackendSettings)
         options = pool.worker_options(self.settings.server)
         creds = WorkerCredentials("alice", PASSWORD)
         return SlurmBatchBackend("p", options, pool.backend, creds, env=self.env)

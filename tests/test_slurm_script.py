@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from codalab_scaler.config.settings import SlurmBatchBackendSettings
-from codalab_scaler.core.worker_command import WorkerOptions, build_command
+from codalab_scaler.core.worker_command import build_command
 from codalab_scaler.sources.backends.slurm import script
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
+from tests.defaults import worker_options
 
 FILES = script.JobFiles(Path("/scratch/w1"), "alice-codalab-slurm-worker-p-w1")
 PASSWORD_FILE = Path("/scratch/.codalab-password-p")
@@ -20,7 +21,7 @@ PASSWORD_FILE = Path("/scratch/.codalab-password-p")
 
 def render(**settings: Any) -> str:
     s = SlurmBatchBackendSettings(partition="gpu", **settings)
-    command = build_command(WorkerOptions(server="https://cl.example"), "w1", "/work/w1")
+    command = build_command(worker_options(server="https://cl.example"), "w1", "/work/w1")
     return script.render(s, FILES, script.worker_argv(command, PASSWORD_FILE))
 
 
@@ -96,7 +97,7 @@ def test_body_runs_the_seed_command_under_srun_with_the_originals_additions() ->
 
 
 def test_pass_down_termination_is_not_repeated() -> None:
-    command = build_command(WorkerOptions(pass_down_termination=True), "w1", "/w")
+    command = build_command(worker_options(pass_down_termination=True), "w1", "/w")
     argv = script.worker_argv(command, PASSWORD_FILE)
     assert argv.count("--pass-down-termination") == 1
 

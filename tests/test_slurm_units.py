@@ -15,17 +15,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from codalab_scaler.config.settings import SlurmBatchBackendSettings, load_settings
 from codalab_scaler.core.errors import ConfigError, LaunchRefused, TransientError
 from codalab_scaler.core.model import JobState
-from codalab_scaler.core.worker_command import WorkerOptions
-from codalab_scaler.entry.cli import build_parser, settings_values, split_search
+from codalab_scaler.entry.cli import build_parser, settings_from_args, split_search
 from codalab_scaler.sources.backends import WorkerCredentials
-from codalab_scaler.sources.backends.slurm import SlurmBatchBackend, commands, squeue
+from codalab_scaler.sources.backends.slurm import commands, squeue
+from codalab_scaler.sources.backends.slurm.backend import SlurmBatchBackend
 from codalab_scaler.sources.backends.slurm.credentials import (
     check_password_file,
     write_password_file,
 )
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
+from tests.defaults import worker_options
 from tests.fakes import FakeClock
 
 USER = "root" if os.geteuid() == 0 else os.environ.get("USER", "")
@@ -199,7 +200,7 @@ def test_flags_fill_the_backend_pool_and_service(tmp_path: Path) -> None:
         "--exit-after-num-failed", "3", "--account", "nlp",
     ]  # fmt: skip
     args = build_parser().parse_args(split_search(argv))
-    settings = load_settings(*settings_values(args, {}))
+    settings = settings_from_args(args, {})
     pool = settings.pools["default"]
     assert settings.dry_run is True
     assert settings.password_file == pw
@@ -266,7 +267,7 @@ def backend(fake: FakeSlurm, clock: FakeClock | None = None, **settings: Any) ->
         partition="p", job_name="cw", user=USER, slurm_work_dir=fake.root / "work", **settings
     )
     return SlurmBatchBackend(
-        "pool", WorkerOptions(), s, CREDS, env=fake.env, clock=clock or FakeClock()
+        "pool", worker_options(), s, CREDS, env=fake.env, clock=clock or FakeClock()
     )
 
 
@@ -365,7 +366,9 @@ async def test_operator_password_file_is_passed_not_copied(fake: FakeSlurm) -> N
     pw.write_text("alice\nsecret\n")
     pw.chmod(0o600)
     s = SlurmBatchBackendSettings(partition="p", user=USER, slurm_work_dir=fake.root / "w")
-    b = SlurmBatchBackend("pool", WorkerOptions(), s, WorkerCredentials("a", "b", pw), env=fake.env)
+    b = SlurmBatchBackend(
+        "pool", worker_options(), s, WorkerCredentials("a", "b", pw), env=fake.env
+    )
     await b.launch(W1)
     assert not exists(fake.root / "w" / ".codalab-password-pool")
     assert f"--password-file {pw}" in text(
@@ -379,10 +382,10 @@ def test_construction_refuses_a_readable_password_file_and_another_user(tmp_path
     pw.chmod(0o644)
     s = SlurmBatchBackendSettings(partition="p", user=USER)
     with pytest.raises(ConfigError, match="mode 0644"):
-        SlurmBatchBackend("p", WorkerOptions(), s, WorkerCredentials("a", "b", pw))
+        SlurmBatchBackend("p", worker_options(), s, WorkerCredentials("a", "b", pw))
     other = SlurmBatchBackendSettings(partition="p", user="somebody-else")
     with pytest.raises(ConfigError, match="user: 'somebody-else' is not the user sbatch"):
-        SlurmBatchBackend("p", WorkerOptions(), other, CREDS)
+        SlurmBatchBackend("p", worker_options(), other, CREDS)
 
 
 async def test_squeue_failures_map_to_transient_and_refused(fake: FakeSlurm) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from codalab_scaler.core.worker_command import WorkerOptions, build_command, resolve_hostname
+from codalab_scaler.core.worker_command import build_command, resolve_hostname
 from codalab_scaler.simulator import CodaLabSimulator
 from codalab_scaler.simulator.stand_in_worker import (
     MAX_RUN_SECONDS,
@@ -21,6 +21,7 @@ from codalab_scaler.simulator.stand_in_worker import (
     parse_args,
     parse_request_time,
 )
+from tests.defaults import worker_options
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     USERS,
     sim_factory_fixture,
@@ -140,7 +141,7 @@ def test_request_time_format(text: object, seconds: float) -> None:
 
 
 def test_accepts_every_flag_the_scaler_passes() -> None:
-    options = WorkerOptions(
+    options = worker_options(
         server="http://127.0.0.1:1", tag="gpu", tag_exclusive=True, group="nlp",
         exit_after_num_runs=8, max_work_dir_size="88g", delete_work_dir_on_exit=True,
         exit_on_exception=True, pass_down_termination=True, checkin_frequency_seconds=30,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from codalab_scaler.core.worker_command import (
-    WorkerOptions,
     build_command,
     resolve_hostname,
     work_dir_for,
 )
+from tests.defaults import worker_options
 
 
 def test_minimal_argv_matches_the_original() -> None:
-    options = WorkerOptions(
+    options = worker_options(
         server="https://cl.example", download_dependencies_max_retries=None,
         shared_memory_size_gb=None,
     )  # fmt: skip
@@ -23,14 +23,14 @@ def test_minimal_argv_matches_the_original() -> None:
 
 
 def test_defaults_add_the_original_default_worker_flags() -> None:
-    argv = build_command(WorkerOptions(), "id1", "/tmp/x")
+    argv = build_command(worker_options(), "id1", "/tmp/x")
     assert argv[-4:] == [
         "--download-dependencies-max-retries", "3", "--shared-memory-size-gb", "1",
     ]  # fmt: skip
 
 
 def test_every_flag_in_the_original_order() -> None:
-    options = WorkerOptions(
+    options = worker_options(
         server="https://s", executable="/opt/cl-worker", idle_seconds=30, tag="gpu",
         tag_exclusive=True, group="nlp", exit_after_num_runs=8,
         download_dependencies_max_retries=5, max_work_dir_size="88g",
@@ -52,26 +52,26 @@ def test_every_flag_in_the_original_order() -> None:
 def test_non_positive_exit_after_num_runs_is_left_out() -> None:
     for runs in (0, -1):
         assert "--exit-after-num-runs" not in build_command(
-            WorkerOptions(exit_after_num_runs=runs), "w", "/w"
+            worker_options(exit_after_num_runs=runs), "w", "/w"
         )
 
 
 def test_tag_exclusive_without_tag_still_passes_the_flag_like_the_original() -> None:
-    argv = build_command(WorkerOptions(tag_exclusive=True), "w", "/w")
+    argv = build_command(worker_options(tag_exclusive=True), "w", "/w")
     assert "--tag-exclusive" in argv
     assert "--tag" not in argv
 
 
 def test_work_dir_is_unique_per_worker_under_the_prefix() -> None:
-    options = WorkerOptions(work_dir_prefix="/data/cl")
+    options = worker_options(work_dir_prefix="/data/cl")
     assert work_dir_for(options, "a") == "/data/cl/cl_worker_a_work_dir"
     assert work_dir_for(options, "b") != work_dir_for(options, "a")
-    assert work_dir_for(WorkerOptions(), "a") == "/tmp/cl_worker_a_work_dir"
-    assert work_dir_for(WorkerOptions(), "a", "/state/work") == "/state/work/cl_worker_a_work_dir"
+    assert work_dir_for(worker_options(), "a") == "/tmp/cl_worker_a_work_dir"
+    assert work_dir_for(worker_options(), "a", "/state/work") == "/state/work/cl_worker_a_work_dir"
 
 
 def test_resolve_hostname_substitutes_the_shell_expression() -> None:
-    argv = build_command(WorkerOptions(), "w9", "/w")
+    argv = build_command(worker_options(), "w9", "/w")
     resolved = resolve_hostname(argv, "node7")
     assert resolved[resolved.index("--id") + 1] == "node7-w9"
     assert not any("$(" in arg for arg in resolved)

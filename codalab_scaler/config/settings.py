@@ -1,20 +1,16 @@
-"""Every setting, validated in one place (pydantic).
+"""Every setting, declared once: its type, default, unit and why (pydantic).
 
-Sources, strongest first: command-line flags, environment variables
-(``CODALAB_SCALER_<FIELD>``, nested with ``__``: ``CODALAB_SCALER_POOLS__GPU__MAX_WORKERS``),
-the TOML file given with ``--config``, then the defaults below, which are
-the original ``cl-worker-manager``'s.  CodaLab credentials come from
-``CODALAB_USERNAME`` / ``CODALAB_PASSWORD`` or a two-line password file.
-
-Invalid input raises ``ConfigError`` whose lines each name one bad field;
-the CLI prints them and exits 2.
+The command line, the environment variables and the settings reference in
+``docs/`` are all generated from these models; ``loader`` fills them from
+flags, the environment and a TOML file.  Defaults are the original
+``cl-worker-manager``'s wherever it had the setting.  Invalid input raises
+``ConfigError`` whose lines each name one bad field; the CLI prints them
+and exits 2.
 """
 
 from __future__ import annotations
 
-import contextvars
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,77 +26,154 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
-from codalab_scaler.config.backend_settings import (
-    AwsBatchBackendSettings,
-    BackendSettings,
-    LocalBackendSettings,
-    SlurmBatchBackendSettings,
-    StrictModel,
-)
 from codalab_scaler.core.decision import Policy
-from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.core.worker_command import WorkerOptions
+from codalab_scaler.sources.backends.base import StrictModel
+from codalab_scaler.sources.backends.registry import (
+    DEFAULT_KIND,
+    BackendSettings,
+    default_backend_settings,
+    kind_names,
+)
 from codalab_scaler.sources.retry import RetryPolicy
 
-__all__ = [
-    "AwsBatchBackendSettings",
-    "BackendSettings",
-    "LocalBackendSettings",
-    "PoolSettings",
-    "Settings",
-    "SlurmBatchBackendSettings",
-    "format_errors",
-    "load_settings",
-]
+__all__ = ["BackendSettings", "PoolSettings", "Settings", "format_errors"]
 
-BACKEND_KINDS = frozenset(
-    model.model_fields["kind"].default
-    for model in (LocalBackendSettings, AwsBatchBackendSettings, SlurmBatchBackendSettings)
-)
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# The validation context key under which the loader reports an unreadable password file.
+PASSWORD_FILE_PROBLEM = "password_file_problem"  # noqa: S105 - a key name, not a password
 
 
 class PoolSettings(StrictModel):
     """One pool: a backend, a worker shape, limits and a tag."""
 
-    backend: BackendSettings = Field(default_factory=LocalBackendSettings)
-    min_workers: NonNegativeInt = 1
-    max_workers: NonNegativeInt = 10
-    search: list[str] = Field(default_factory=list)
-    min_seconds_between_workers: NonNegativeInt = 60
-    max_launches_per_pass: PositiveInt = 1
-    no_prefilter: bool = False
-    worker_tag: str | None = None
-    worker_tag_exclusive: bool = False
-    worker_group: str | None = None
-    worker_executable: str = "cl-worker"
-    worker_idle_seconds: NonNegativeInt = 600
-    worker_work_dir_prefix: str | None = None
-    worker_max_work_dir_size: str | None = None
-    worker_delete_work_dir_on_exit: bool = False
-    worker_exit_after_num_runs: int | None = None
-    worker_exit_on_exception: bool = False
-    worker_pass_down_termination: bool = False
-    worker_checkin_frequency_seconds: PositiveInt | None = None
-    worker_download_dependencies_max_retries: NonNegativeInt | None = 3
-    worker_shared_memory_size_gb: NonNegativeInt | None = 1
-    worker_preemptible: bool = False
-    exit_after_num_failed: PositiveInt | None = None
+    backend: BackendSettings = Field(
+        default_factory=default_backend_settings,
+        description="Where this pool's workers run: a table whose kind names the backend "
+        "(see the backend sections). Default, and without a kind: local, the embedded "
+        "default.",
+    )
+    min_workers: NonNegativeInt = Field(
+        default=1,
+        description="Workers to keep even with no staged work, a count; one is launched per "
+        "pass while below it. 1: the original's default, so a bundle starts without waiting "
+        "for a worker to boot.",
+    )
+    max_workers: NonNegativeInt = Field(
+        default=10,
+        description="Most workers (pending and active) this pool runs, a count. "
+        "10: the original's default; at least min_workers.",
+    )
+    search: list[str] = Field(
+        default_factory=list,
+        description="Extra CodaLab search keywords; only staged bundles matching them count "
+        "as this pool's work. Empty: every staged bundle the user may run, as the original.",
+    )
+    min_seconds_between_workers: NonNegativeInt = Field(
+        default=60,
+        description="Seconds to wait after a launch before the next one. 60: the original's "
+        "default, about the time a worker takes to check in and take work.",
+    )
+    max_launches_per_pass: PositiveInt = Field(
+        default=1,
+        description="Workers launched per pass at most, a count (still bounded by staged "
+        "minus pending and by max_workers). 1: the original's behaviour.",
+    )
+    no_prefilter: bool = Field(
+        default=False,
+        description="Count every staged bundle as work, even those asking for more CPUs, "
+        "GPUs or memory than this pool's workers offer. Off: such bundles would launch "
+        "workers that can never run them.",
+    )
+    worker_tag: str | None = Field(
+        default=None,
+        description="Tag workers carry (cl-worker --tag) and staged bundles' request_queue "
+        "is matched against. Unset: untagged workers, as the original.",
+    )
+    worker_tag_exclusive: bool = Field(
+        default=False,
+        description="Workers run only bundles that ask for their tag (cl-worker "
+        "--tag-exclusive), and only those count as work. Off: the original's default.",
+    )
+    worker_group: str | None = Field(
+        default=None,
+        description="Workers run only bundles of this CodaLab group (cl-worker --group). "
+        "Unset: any group.",
+    )
+    worker_executable: str = Field(
+        default="cl-worker",
+        description="The CodaLab worker command, a path or a name on PATH. cl-worker: the "
+        "original's default.",
+    )
+    worker_idle_seconds: NonNegativeInt = Field(
+        default=600,
+        description="Seconds a worker waits for a run before it exits (cl-worker "
+        "--idle-seconds), which is how the pool shrinks. 600: the original's default.",
+    )
+    worker_work_dir_prefix: str | None = Field(
+        default=None,
+        description="Directory under which each worker gets its work dir. Unset: the "
+        "backend's default (/tmp, or the local backend's state_dir).",
+    )
+    worker_max_work_dir_size: str | None = Field(
+        default=None,
+        description="Most temporary bundle data a worker keeps, a size such as 10g "
+        "(cl-worker --max-work-dir-size). Unset: the worker's own default.",
+    )
+    worker_delete_work_dir_on_exit: bool = Field(
+        default=False,
+        description="Workers delete their work dir when they exit. Off: the original's "
+        "default, so a crashed run's data stays for inspection.",
+    )
+    worker_exit_after_num_runs: int | None = Field(
+        default=None,
+        description="Workers exit after this many runs, a count; 0 or less means never, as "
+        "the original. Unset: never.",
+    )
+    worker_exit_on_exception: bool = Field(
+        default=False,
+        description="Workers exit on an unexpected exception instead of sleeping and "
+        "retrying. Off: the original's default.",
+    )
+    worker_pass_down_termination: bool = Field(
+        default=False,
+        description="Workers kill and restage their runs when terminated. Off: the "
+        "original's default.",
+    )
+    worker_checkin_frequency_seconds: PositiveInt | None = Field(
+        default=None,
+        description="Seconds between a worker's check-ins. Unset: the worker's own default.",
+    )
+    worker_download_dependencies_max_retries: NonNegativeInt | None = Field(
+        default=3,
+        description="Times a worker retries downloading a run's dependencies, a count. "
+        "3: cl-worker's own default, passed explicitly as the original did.",
+    )
+    worker_shared_memory_size_gb: NonNegativeInt | None = Field(
+        default=1,
+        description="Shared memory of each run's container, in GB. 1: cl-worker's own "
+        "default, passed explicitly as the original did.",
+    )
+    worker_preemptible: bool = Field(
+        default=False,
+        description="Workers tell CodaLab they may be preempted, so their runs can be "
+        "restaged. Off: workers are not preempted unless the backend says so.",
+    )
+    exit_after_num_failed: PositiveInt | None = Field(
+        default=None,
+        description="Exit with status 1 once this many workers of this pool failed to "
+        "start, a count, so that a supervisor or operator notices a broken backend. "
+        "Unset: keep trying forever, as the original.",
+    )
 
     @field_validator("backend", mode="before")
     @classmethod
     def _local_by_default(cls, value: Any) -> Any:
         """A backend table without ``kind`` is the embedded default, as before kinds existed."""
         if isinstance(value, Mapping) and "kind" not in value:
-            return {**value, "kind": "local"}
+            return {**value, "kind": DEFAULT_KIND}
         return value
 
     @field_validator("max_workers")
@@ -145,60 +218,124 @@ class PoolSettings(StrictModel):
         )
 
 
-# The parsed --config file while load_settings validates (pydantic-settings takes no argument).
-_CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "codalab_scaler_config", default=None
-)
-
-
-class Settings(BaseSettings):
+class Settings(StrictModel):
     """The whole service's settings."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CODALAB_SCALER_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
+    server: str = Field(
+        default="https://worksheets.codalab.org",
+        description="CodaLab instance to connect to, an http(s) URL. The public instance: "
+        "the original's default.",
     )
-
-    server: str = "https://worksheets.codalab.org"
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    sleep_time: PositiveFloat = 5
-    once: bool = False
-    dry_run: bool = False
-    verbose: bool = False
-    log_format: Literal["auto", "json", "console"] = "auto"
-    staleness_seconds: PositiveFloat | None = None
-    in_flight_timeout_seconds: PositiveFloat = 300
-    request_timeout_seconds: PositiveFloat = 30
-    retry_attempts: PositiveInt = 4
-    retry_max_seconds: PositiveFloat = 30
-    retry_backoff_seconds: PositiveFloat = 0.5
-    retry_max_backoff_seconds: PositiveFloat = 8
-    health_grace_seconds: PositiveFloat = 60
-    health_stall_seconds: PositiveFloat | None = None
-    http_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint in a container must be reachable
-    http_port: Annotated[int, Field(ge=0, le=65535)] = 9740
-    temp_session: bool = True
-    restart_after_seconds: PositiveInt | None = None
-    pools: dict[str, PoolSettings] = Field(default_factory=dict)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = _CONFIG.get()
-        if config is None:
-            return (init_settings, env_settings)
-        # The file as load_settings already read and parsed it (read once, checked once).
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=config))
+    username: str | None = Field(
+        default=None,
+        description="CodaLab user the scaler logs in as, and its workers run as. No flag: "
+        "set CODALAB_USERNAME or use password_file, as the original.",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="That user's CodaLab password; never logged. No flag: set "
+        "CODALAB_PASSWORD or use password_file.",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File with the CodaLab username on line 1 and the password on line 2 "
+        "(mode 0600); wins over CODALAB_USERNAME/CODALAB_PASSWORD. Unset: those variables.",
+    )
+    sleep_time: PositiveFloat = Field(
+        default=5,
+        description="Seconds between polls of CodaLab and of each backend. 5: the "
+        "original's default.",
+    )
+    once: bool = Field(
+        default=False,
+        description="Run one poll-decide-launch pass and exit (0 if it could observe and "
+        "decide, else 1). Off: run until stopped.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Decide and log what would be launched, never launch. Off.",
+    )
+    verbose: bool = Field(
+        default=False,
+        description="Log debug events too. Off: info and above, as the original.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="Log format. auto: readable console lines on a TTY, JSON lines "
+        "otherwise (for a log collector).",
+    )
+    staleness_seconds: PositiveFloat | None = Field(
+        default=None,
+        description="A view (staged bundles or jobs) older than this, in seconds, launches "
+        "nothing. Unset: 3 x sleep_time, three missed polls.",
+    )
+    in_flight_timeout_seconds: PositiveFloat = Field(
+        default=300,
+        description="Seconds an accepted launch counts as pending while the backend does "
+        "not list it yet. 300: far beyond the seconds a backend normally takes to list a "
+        "new job, short enough that a lost launch does not hold the pool back for long.",
+    )
+    request_timeout_seconds: PositiveFloat = Field(
+        default=30,
+        description="Timeout of one HTTP request to CodaLab, in seconds. 30: a search over "
+        "many staged bundles can take several seconds on a busy server.",
+    )
+    retry_attempts: PositiveInt = Field(
+        default=4,
+        description="Attempts of one CodaLab or backend call on a transient error, a count "
+        "(the first included). 4: rides out a restart of a server or a throttled burst.",
+    )
+    retry_max_seconds: PositiveFloat = Field(
+        default=30,
+        description="Total seconds one call may spend retrying. 30: a few polls' worth; "
+        "past it the view is marked stale and the next poll tries again.",
+    )
+    retry_backoff_seconds: PositiveFloat = Field(
+        default=0.5,
+        description="First wait between retries, in seconds, doubled each time with "
+        "jitter. 0.5: quick enough for a dropped connection.",
+    )
+    retry_max_backoff_seconds: PositiveFloat = Field(
+        default=8,
+        description="Longest wait between retries, in seconds. 8: keeps retries within "
+        "retry_max_seconds.",
+    )
+    health_grace_seconds: PositiveFloat = Field(
+        default=60,
+        description="Seconds after start during which /healthz answers 200 before any "
+        "loop succeeded. 60: time for a first login and poll on a slow server.",
+    )
+    health_stall_seconds: PositiveFloat | None = Field(
+        default=None,
+        description="/healthz answers 503 when a loop made no progress for this many "
+        "seconds. Unset: 3 x sleep_time + retry_max_seconds + request_timeout_seconds, "
+        "the longest a healthy pass can take.",
+    )
+    http_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a metrics endpoint in a container must be reachable
+        description="Address /metrics, /healthz and /status listen on. 0.0.0.0: reachable "
+        "from a Prometheus or a probe outside the container.",
+    )
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=9740,
+        description="Port of /metrics, /healthz and /status; 0 picks a free one. 9740: a "
+        "fixed port in the range Prometheus exporters use, so scrape configs can name it.",
+    )
+    temp_session: bool = Field(
+        default=True,
+        description="Accepted for compatibility with cl-worker-manager; sessions are always "
+        "in memory.",
+    )
+    restart_after_seconds: PositiveInt | None = Field(
+        default=None,
+        description="Accepted for compatibility with cl-worker-manager; ignored with a "
+        "warning (the scaler holds no state that needs a periodic restart).",
+    )
+    pools: dict[str, PoolSettings] = Field(
+        default_factory=dict,
+        description="The pools, by name (lower-case letters, digits, - and _). A backend "
+        "subcommand declares one pool named default; a TOML file may declare several.",
+    )
 
     @field_validator("server")
     @classmethod
@@ -216,16 +353,11 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _credentials(self) -> Settings:
-        if self.password_file is not None:
-            try:
-                lines = self.password_file.read_text().splitlines()
-            except OSError as exc:
-                raise ValueError(f"password_file: cannot read ({exc.strerror})") from None
-            if len(lines) < 2 or not lines[0].strip() or not lines[1]:
-                raise ValueError("password_file: needs the username on line 1, the password on 2")
-            object.__setattr__(self, "username", lines[0].strip())
-            object.__setattr__(self, "password", SecretStr(lines[1]))
+    def _complete(self, info: ValidationInfo) -> Settings:
+        # The loader read password_file before validation; a problem with it comes first.
+        problem = (info.context or {}).get(PASSWORD_FILE_PROBLEM)
+        if problem is not None:
+            raise ValueError(f"password_file: {problem}")
         if not self.pools:
             raise ValueError("pools: no pool configured (give a backend subcommand or [pools.X])")
         if self.username is None or self.password is None:
@@ -268,10 +400,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
     pydantic puts the union's tag into the path; the operator's file has no such level.
     """
+    kinds = kind_names()
     parts = [
         str(part)
         for i, part in enumerate(loc)
-        if not (i > 0 and loc[i - 1] == "backend" and part in BACKEND_KINDS)
+        if not (i > 0 and loc[i - 1] == "backend" and part in kinds)
     ]
     return ".".join(parts) or "config"
 
@@ -290,23 +423,3 @@ def format_errors(exc: ValidationError) -> list[str]:
             path, msg = msg.split(": ", 1)
         lines.append(f"{path}: {msg}")
     return lines
-
-
-def load_settings(values: Mapping[str, Any], config_file: Path | None = None) -> Settings:
-    """Validate ``values`` (from the command line) over the environment and ``config_file``."""
-    config = None
-    if config_file is not None:
-        try:
-            with config_file.open("rb") as fh:
-                config = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError([f"config: cannot read {config_file} ({exc.strerror})"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"config: {config_file} is not valid TOML ({exc})"]) from None
-    token = _CONFIG.set(config)
-    try:
-        return Settings(**values)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
-    finally:
-        _CONFIG.reset(token)

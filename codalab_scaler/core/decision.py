@@ -39,11 +39,13 @@ __all__ = ["Counts", "Decision", "Policy", "Reason", "count", "decide"]
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    min_workers: int = 1
-    max_workers: int = 10
-    min_seconds_between_workers: int = 60
-    staleness_seconds: float = 15.0
-    max_launches_per_pass: int = 1
+    """One pool's limits; values only, the defaults live once in the pool settings."""
+
+    min_workers: int
+    max_workers: int
+    min_seconds_between_workers: int
+    staleness_seconds: float
+    max_launches_per_pass: int
 
 
 def _stale(name: str, obs: Observation[Any], policy: Policy, now: float) -> str | None:

@@ -14,9 +14,11 @@ from codalab_scaler.core.model import BundleView, FilteredBundle, StagedBundle
 
 @dataclass(frozen=True, slots=True)
 class WorkerShape:
-    cpus: int = 1
-    gpus: int = 0
-    memory_mb: int = 2048
+    """What one worker of a pool offers; the values come from the backend's settings."""
+
+    cpus: int
+    gpus: int
+    memory_mb: int
 
     @property
     def memory_bytes(self) -> int:

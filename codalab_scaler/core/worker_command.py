@@ -18,24 +18,27 @@ DEFAULT_WORK_DIR_PREFIX = "/tmp/"  # noqa: S108 - the original's default prefix,
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    """The ``--worker-*`` flags of the original, one pool's worth."""
+    """The ``--worker-*`` flags of the original, one pool's worth.
 
-    server: str = "https://worksheets.codalab.org"
-    executable: str = "cl-worker"
-    idle_seconds: int = 600
-    tag: str | None = None
-    tag_exclusive: bool = False
-    group: str | None = None
-    exit_after_num_runs: int | None = None
-    download_dependencies_max_retries: int | None = 3
-    max_work_dir_size: str | None = None
-    delete_work_dir_on_exit: bool = False
-    exit_on_exception: bool = False
-    pass_down_termination: bool = False
-    checkin_frequency_seconds: int | None = None
-    shared_memory_size_gb: int | None = 1
-    preemptible: bool = False
-    work_dir_prefix: str | None = None
+    Values only: the defaults live once, in the pool settings.
+    """
+
+    server: str
+    executable: str
+    idle_seconds: int
+    tag: str | None
+    tag_exclusive: bool
+    group: str | None
+    exit_after_num_runs: int | None
+    download_dependencies_max_retries: int | None
+    max_work_dir_size: str | None
+    delete_work_dir_on_exit: bool
+    exit_on_exception: bool
+    pass_down_termination: bool
+    checkin_frequency_seconds: int | None
+    shared_memory_size_gb: int | None
+    preemptible: bool
+    work_dir_prefix: str | None
 
 
 def work_dir_for(

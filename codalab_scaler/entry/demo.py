@@ -15,13 +15,16 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from codalab_scaler.config.loader import load_settings
 from codalab_scaler.core.errors import ConfigError
+from codalab_scaler.entry.flags import print_config_errors, split_flags
 from codalab_scaler.service.app import CONTEXT, make_app, serve
 from codalab_scaler.service.logs import configure_logging
 from codalab_scaler.simulator.codalab_sim import CodaLabSimulator, run_bundle_stream
@@ -44,8 +47,6 @@ def _wrapper(state_dir: Path) -> Path:
 
 
 def demo_values(args: argparse.Namespace, server: str, state_dir: Path) -> dict[str, Any]:
-    from codalab_scaler.entry.cli import split_flags
-
     given_service, given_pool, _backend = split_flags(args)  # the demo has no backend flags
     pool: dict[str, Any] = {
         "min_workers": 0,
@@ -86,9 +87,8 @@ async def _show(sim: CodaLabSimulator, app: web.Application, every: float = 2.0)
         )
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    from codalab_scaler.config.settings import load_settings
-    from codalab_scaler.sources.backends.local import LocalBackend
+async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from codalab_scaler.sources.backends.local.backend import LocalBackend
 
     sim = CodaLabSimulator(users={DEMO_USER: DEMO_PASSWORD})
     server = await sim.start("127.0.0.1", 0)
@@ -97,10 +97,8 @@ async def _demo(args: argparse.Namespace) -> int:
     app: web.Application | None = None
     try:
         try:
-            settings = load_settings(demo_values(args, server, state_dir))
+            settings = load_settings(demo_values(args, server, state_dir), environ)
         except ConfigError as exc:
-            from codalab_scaler.entry.cli import print_config_errors
-
             return print_config_errors(exc)
         configure_logging(verbose=settings.verbose, fmt=settings.log_format)
         log.info("demo.started", codalab=server, state_dir=str(state_dir), bundles=args.bundles)
@@ -133,6 +131,6 @@ async def _demo(args: argparse.Namespace) -> int:
         log.info("demo.stopped")
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     configure_logging(verbose=getattr(args, "verbose", False), fmt="auto")
-    return asyncio.run(_demo(args))
+    return asyncio.run(_demo(args, environ))

@@ -30,12 +30,15 @@ RetryHook = Callable[[str, BaseException], None]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try: attempts and total time both bound the effort."""
+    """How hard to try: attempts and total time both bound the effort.
 
-    max_attempts: int = 4
-    max_seconds: float = 20.0
-    initial_backoff: float = 0.5
-    max_backoff: float = 8.0
+    Values only: the defaults live once, in the ``retry_*`` settings.
+    """
+
+    max_attempts: int
+    max_seconds: float
+    initial_backoff: float
+    max_backoff: float
 
 
 async def call_with_retry(

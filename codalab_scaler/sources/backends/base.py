@@ -1,5 +1,8 @@
 """The contract every backend keeps: list this scaler's jobs, launch one worker.
 
+A pool only lists, launches and describes a launch; opening and closing a
+backend belong to its package's ``open_backend`` (see ``registry``).
+
 Consistency: ``list_jobs`` may lag behind ``launch`` (a job accepted a moment
 ago may not be listed yet).  The scaler covers that gap by counting each
 accepted launch as pending until its job id is listed or a timeout passes,
@@ -33,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 from codalab_scaler.core.errors import LaunchRefused, ScalerError, TransientError
 from codalab_scaler.core.model import WorkerJob
@@ -77,9 +82,11 @@ class Backend(Protocol):
         """What ``launch`` would submit, for a dry run; never contains a credential."""
         ...
 
-    async def aclose(self) -> None:
-        """Release clients and connections; running jobs keep running."""
-        ...
+
+class StrictModel(BaseModel):
+    """Settings that reject unknown keys and never change once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def exec_failure(exc: OSError, executable: str) -> ScalerError:

@@ -66,7 +66,6 @@ _LOGIN_HINTS = {
     "(the CodaLab base URL, e.g. https://worksheets.codalab.org)",
 }
 _LOGIN_HINT_OTHER = "check --server: it must be the base URL of a CodaLab server"
-DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,8 @@ class CodaLabClient:
         credentials: Credentials,
         *,
         session: aiohttp.ClientSession | None = None,
-        request_timeout: float = 30.0,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        request_timeout: float,
+        retry: RetryPolicy,
         on_retry: RetryHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         page_size: int = 500,

@@ -1,10 +1,8 @@
 """Workers as AWS Batch jobs (subcommand ``aws-batch``), through aiobotocore.
 
-``spec`` builds every request as plain data (no I/O), ``errors`` turns
-botocore's exceptions into the scaler's vocabulary and ``backend`` talks to
-AWS Batch.  See ``backend`` for retries, naming and restart recovery.
+``settings`` is the model (no SDK import), ``spec`` builds every request as
+plain data (no I/O), ``errors`` turns botocore's exceptions into the
+scaler's vocabulary and ``backend`` talks to AWS Batch and provides
+``open_backend``.  This file imports none of them, so naming the package
+never loads botocore.
 """
-
-from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
-
-__all__ = ["AwsBatchBackend"]

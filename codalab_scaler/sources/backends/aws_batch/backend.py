@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
 from codalab_scaler.core.errors import ConfigError, LaunchRefused, RefusedError, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.aws_batch import spec
 from codalab_scaler.sources.backends.aws_batch.client import create_client, quiet_sdk_debug_logs
 from codalab_scaler.sources.backends.aws_batch.errors import translate
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
 
 if TYPE_CHECKING:
@@ -297,3 +297,28 @@ def _failure_reason(job: Mapping[str, Any]) -> str:
     container = job.get("container")
     exit_code = container.get("exitCode") if isinstance(container, Mapping) else None
     return reason if exit_code is None else f"{reason} (exit code {exit_code})"
+
+
+def create_backend(
+    pool: str,
+    settings: AwsBatchBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> AwsBatchBackend:
+    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    return AwsBatchBackend(pool, options, settings, credentials)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(
+    pool: str,
+    settings: AwsBatchBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> AsyncIterator[AwsBatchBackend]:
+    """The ``aws-batch`` backend of ``pool``; leaving it closes its client (jobs keep running)."""
+    backend = create_backend(pool, settings, options, credentials)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()

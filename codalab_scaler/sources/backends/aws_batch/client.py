@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from aiobotocore.config import AioConfig
 from aiobotocore.session import ClientCreatorContext, get_session
 
-from codalab_scaler.config.backend_settings import AwsBatchBackendSettings
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 
 if TYPE_CHECKING:
     from types_aiobotocore_batch import BatchClient

@@ -1,7 +1,5 @@
-"""The ``slurm-batch`` backend: workers as Slurm batch jobs (see ``backend``)."""
+"""The ``slurm-batch`` backend: workers as Slurm batch jobs.
 
-from __future__ import annotations
-
-from codalab_scaler.sources.backends.slurm.backend import SlurmBatchBackend
-
-__all__ = ["SlurmBatchBackend"]
+``settings`` is the model (no subprocess import); ``backend`` submits and
+lists jobs and provides ``open_backend``.
+"""

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from codalab_scaler.config.backend_settings import SlurmBatchBackendSettings
 from codalab_scaler.core.errors import ConfigError, LaunchRefused, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions, build_command, work_dir_for
@@ -30,6 +30,7 @@ from codalab_scaler.sources.backends.slurm.credentials import (
     check_password_file,
     write_password_file,
 )
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
 
 log = structlog.get_logger()
 
@@ -222,3 +223,28 @@ def _check_user(user: str) -> None:
             [f"user: {user!r} is not the user sbatch submits as ({me!r}); its jobs would never "
              "be listed, so every poll would launch more"]
         )  # fmt: skip
+
+
+def create_backend(
+    pool: str,
+    settings: SlurmBatchBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> SlurmBatchBackend:
+    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    return SlurmBatchBackend(pool, options, settings, credentials)
+
+
+@asynccontextmanager
+async def open_backend(
+    pool: str,
+    settings: SlurmBatchBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> AsyncIterator[SlurmBatchBackend]:
+    """The ``slurm-batch`` backend of ``pool``; leaving it keeps the jobs running."""
+    backend = create_backend(pool, settings, options, credentials)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codalab_scaler.config.backend_settings import SlurmBatchBackendSettings
 from codalab_scaler.core.worker_command import shell_word
+from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSettings
 
 # Docker ignores Slurm's GPU isolation, so cl-worker is told which GPUs are the
 # job's: their UUIDs as the job sees them, or NONE.

@@ -30,7 +30,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,12 @@ from codalab_scaler.core.worker_command import (
     short_hostname,
     work_dir_for,
 )
-from codalab_scaler.sources.backends.base import exec_failure, write_private_file
+from codalab_scaler.sources.backends.base import (
+    WorkerCredentials,
+    exec_failure,
+    write_private_file,
+)
+from codalab_scaler.sources.backends.local.settings import LocalBackendSettings
 
 log = structlog.get_logger()
 
@@ -352,3 +358,28 @@ async def _wait_exited(child: subprocess.Popen[bytes], grace: float) -> None:
         if child.poll() is not None or remaining <= 0:
             return
         await asyncio.sleep(min(_POLL_SECONDS, remaining))
+
+
+def create_backend(
+    pool: str,
+    settings: LocalBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> LocalBackend:
+    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    return LocalBackend(pool, options, settings.state_dir, env=credentials.env())
+
+
+@asynccontextmanager
+async def open_backend(
+    pool: str,
+    settings: LocalBackendSettings,
+    options: WorkerOptions,
+    credentials: WorkerCredentials,
+) -> AsyncIterator[LocalBackend]:
+    """The ``local`` backend of ``pool``; leaving it keeps the workers running."""
+    backend = create_backend(pool, settings, options, credentials)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
