@@ -139,8 +139,10 @@ def test_unknown_and_mistyped_keys_one_line_each(
     )
     lines = errors(["--config", str(config)], capsys)
     assert sorted(lines) == [
-        "codalab-scaler: config error: pools.a.max_workers: "
-        "Input should be a valid integer, unable to parse string as an integer",
+        (
+            "codalab-scaler: config error: pools.a.max_workers: "
+            "Input should be a valid integer, unable to parse string as an integer"
+        ),
         "codalab-scaler: config error: sleep_tme: unknown setting",
     ]
 
@@ -155,8 +157,10 @@ def test_bad_toml_syntax(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_missing_credentials(capsys: pytest.CaptureFixture[str]) -> None:
     assert errors(["local"], capsys, env=False) == [
-        "codalab-scaler: config error: credentials: "
-        "set CODALAB_USERNAME and CODALAB_PASSWORD, or --password-file"
+        (
+            "codalab-scaler: config error: credentials: "
+            "set CODALAB_USERNAME and CODALAB_PASSWORD, or --password-file"
+        )
     ]
 
 

@@ -172,7 +172,7 @@ async def test_argv_is_build_command_with_hostname_and_a_private_work_dir(rig: R
     assert "node7-w1" in expected
     assert rig.argv_of(pid) == expected[1:]  # "$@" leaves out argv[0]
     assert rig.record("w1")["argv"] == expected
-    assert stat.S_IMODE(os.stat(work_dir).st_mode) == 0o700
+    assert stat.S_IMODE(Path(work_dir).stat().st_mode) == 0o700
     assert os.getsid(pid) == pid  # its own session: a Ctrl-C at the scaler's terminal misses it
 
 
@@ -185,7 +185,7 @@ async def test_work_dirs_default_under_the_state_dir_one_per_worker(rig: Rig) ->
         argv = rig.argv_of(await rig.ready(worker_id))
         work_dir = argv[argv.index("--work-dir") + 1]
         assert work_dir == str(rig.state_dir / "work" / f"cl_worker_{worker_id}_work_dir")
-        assert stat.S_ISDIR(os.stat(work_dir).st_mode)
+        assert stat.S_ISDIR(Path(work_dir).stat().st_mode)
         dirs.append(work_dir)
     assert dirs[0] != dirs[1]
 

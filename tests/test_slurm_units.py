@@ -156,8 +156,10 @@ def test_operator_password_file_must_be_owner_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         check_password_file(path)
     assert info.value.lines == [
-        f"password_file: {path} has mode 0640; Slurm workers read it, so it must be readable "
-        f"by its owner only (chmod 600 {path})"
+        (
+            f"password_file: {path} has mode 0640; Slurm workers read it, so it must be readable "
+            f"by its owner only (chmod 600 {path})"
+        )
     ]
     path.chmod(0o600)
     assert check_password_file(path) == path

@@ -38,6 +38,7 @@ ENV_PREFIX = "CODALAB_SCALER_"
 ENV_NESTING = "__"
 USERNAME_VARIABLE = "CODALAB_USERNAME"
 PASSWORD_VARIABLE = "CODALAB_PASSWORD"  # noqa: S105 - the variable's name, not a password
+PASSWORD_FILE_LINES = 2  # the username, then the password
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def _read_password_file(path: Path) -> tuple[str, SecretStr]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise ValueError(f"cannot read ({exc.strerror})") from None
-    if len(lines) < 2 or not lines[0].strip() or not lines[1]:
+    if len(lines) < PASSWORD_FILE_LINES or not lines[0].strip() or not lines[1]:
         raise ValueError("needs the username on line 1, the password on 2")
     return lines[0].strip(), SecretStr(lines[1])
 
@@ -98,14 +99,14 @@ def _with_environ_defaults(values: dict[str, Any], environ: Mapping[str, str]) -
         return values
     filled: dict[str, Any] = {}
     for name, pool in pools.items():
+        filled[name] = pool
         if isinstance(pool, Mapping):
             backend = pool.get("backend", {})
             if isinstance(backend, Mapping):
                 kind = backend.get("kind", DEFAULT_KIND)
                 if kind in {k.name for k in BACKEND_KINDS}:
                     defaults = backend_kind(kind).environ_defaults(environ)
-                    pool = {**pool, "backend": {**defaults, **backend, "kind": kind}}
-        filled[name] = pool
+                    filled[name] = {**pool, "backend": {**defaults, **backend, "kind": kind}}
     return {**values, "pools": filled}
 
 
@@ -139,9 +140,10 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
         found.append((path, value))
     values: dict[str, Any] = {}
     for path, value in sorted(found, key=lambda item: len(item[0])):  # a whole table, then keys
+        nested = value
         for part in reversed(path):
-            value = {part: value}
-        values = _merge(values, value)
+            nested = {part: nested}
+        values = _merge(values, nested)
     return values
 
 
@@ -178,8 +180,8 @@ def _strip(annotation: Any) -> Any:
 
 
 def _is_table_or_list(annotation: Any) -> bool:
-    for member in _members(_strip(annotation)):
-        member = _strip(member)
+    for raw in _members(_strip(annotation)):
+        member = _strip(raw)
         if typing.get_origin(member) in (list, dict, set, tuple):
             return True
         if isinstance(member, type) and issubclass(member, BaseModel):

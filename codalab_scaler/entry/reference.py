@@ -152,14 +152,18 @@ def _name(annotation: Any) -> str:
     return {"Path": "path", "SecretStr": "string (secret)"}.get(name, names.get(name, name))
 
 
+def _made_default(made: object) -> str:
+    """How a default built by a factory reads in the reference."""
+    if isinstance(made, list | dict):
+        return f"`{made!r}`" if made else ("`[]`" if isinstance(made, list) else "`{}`")
+    if isinstance(made, BaseModel) and hasattr(made, "kind"):
+        return f"`{made.kind}`"
+    return "see description"
+
+
 def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
-        made = info.default_factory()  # type: ignore[call-arg]
-        if isinstance(made, list | dict):
-            return f"`{made!r}`" if made else ("`[]`" if isinstance(made, list) else "`{}`")
-        if isinstance(made, BaseModel) and hasattr(made, "kind"):
-            return f"`{made.kind}`"
-        return "see description"
+        return _made_default(info.default_factory())  # type: ignore[call-arg]
     if info.is_required():
         return "required"
     if info.default is None:

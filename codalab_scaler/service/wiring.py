@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from codalab_scaler.config.settings import Settings
-from codalab_scaler.core.errors import LoginRefused, TransientError
+from codalab_scaler.core.errors import ConfigError, LoginRefused, TransientError
 from codalab_scaler.service.context import BundleSource, Context, Fatal, PoolRuntime
 from codalab_scaler.service.health import Liveness
 from codalab_scaler.service.metrics import Metrics, ScrapeView, SnapshotCollector
@@ -103,9 +103,8 @@ async def log_in(bundles: BundleSource) -> None:
 async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> Context:
     """Open the CodaLab client (and log in, when ``login``), then every pool's backend."""
     settings = parts.settings
-    # both validated by Settings; the asserts narrow the types
-    assert settings.username is not None
-    assert settings.password is not None
+    if settings.username is None or settings.password is None:  # pragma: no cover - validated
+        raise ConfigError(["credentials: set CODALAB_USERNAME and CODALAB_PASSWORD"])
     password = settings.password.get_secret_value()
     retry = settings.retry_policy()
     bundles = parts.overrides.bundles
@@ -184,5 +183,5 @@ async def _closed_quietly(part: str, opener: AbstractAsyncContextManager[T]) -> 
     finally:
         try:
             await opener.__aexit__(None, None, None)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever one part raises, the rest still close
             log.warning("service.close_failed", part=part, error=repr(exc))

@@ -74,17 +74,17 @@ class BackendKind:
     package: str
     help: str
     environ_defaults: Callable[[Mapping[str, str]], dict[str, Any]] = field(
-        default=lambda environ: {}
+        default=lambda _environ: {}
     )
     also_accepts: tuple[str, ...] = ()
 
     def opener(self) -> Opener:
         """Import the backend module (and its SDK) now, and return its ``open_backend``."""
-        return cast(Opener, self._backend_module().open_backend)
+        return cast("Opener", self._backend_module().open_backend)
 
     def factory(self) -> Factory:
         """Import the backend module now, and return its ``create_backend`` (not opened)."""
-        return cast(Factory, self._backend_module().create_backend)
+        return cast("Factory", self._backend_module().create_backend)
 
     def _backend_module(self) -> ModuleType:
         return importlib.import_module(f"{self.package}.backend")

@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -67,7 +67,7 @@ class AwsBatchBackend:
         client: BatchClient | None = None,
     ) -> None:
         prefix = spec.work_dir_prefix(options)
-        if not os.path.isabs(prefix):
+        if not PurePosixPath(prefix).is_absolute():
             raise ConfigError([f"pools.{pool}.worker_work_dir_prefix: must be an absolute path"])
         self._pool = pool
         self._options = options

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 
 from botocore.exceptions import (
     ClientError,
@@ -42,7 +43,11 @@ THROTTLING = frozenset(
 def is_transient(error: ClientError) -> bool:
     code = error.response.get("Error", {}).get("Code", "")
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return code in THROTTLING or status == 429 or status >= 500
+    return (
+        code in THROTTLING
+        or status == HTTPStatus.TOO_MANY_REQUESTS
+        or status >= HTTPStatus.INTERNAL_SERVER_ERROR
+    )
 
 
 def describe(error: ClientError) -> str:

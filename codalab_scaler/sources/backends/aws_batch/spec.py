@@ -51,7 +51,7 @@ WORKER_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 @dataclass(frozen=True, slots=True)
 class JobNames:
-    """This pool's job names: ``<prefix>-<pool>-<worker_id>``."""
+    """The job names of one pool: ``<prefix>-<pool>-<worker_id>``."""
 
     prefix: str
     pool: str

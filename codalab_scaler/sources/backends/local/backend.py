@@ -297,7 +297,7 @@ class LocalBackend:
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
             aside = path.with_name(path.name + ".invalid")
             try:
-                os.replace(path, aside)
+                path.replace(aside)
             except OSError:
                 aside = path  # stays where it is; logged again next time
             log.warning(
@@ -312,13 +312,13 @@ class LocalBackend:
 
 def _parse_record(path: Path, data: Any) -> _Record:
     if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
+        raise ValueError("not a JSON object")  # noqa: TRY004 - a corrupt record, set aside as ValueError
     worker_id, job_id = data.get("worker_id"), data.get("job_id")
     pid, start_time = data.get("pid"), data.get("start_time")
     if worker_id != path.stem:
         raise ValueError(f"worker_id {worker_id!r} does not match the file name")
     if not isinstance(job_id, str):
-        raise ValueError("job_id is not a string")
+        raise ValueError("job_id is not a string")  # noqa: TRY004 - a corrupt record, set aside as ValueError
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise ValueError(f"pid {pid!r} is not a positive integer")
     if start_time is not None and (isinstance(start_time, bool) or not isinstance(start_time, int)):

@@ -27,7 +27,7 @@ def state_dir_default(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_STATE_HOME")
     if not base:
         home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
-        base = os.path.join(home, ".local", "state")
+        base = str(Path(home) / ".local" / "state")
     return Path(base) / STATE_DIR_NAME
 
 

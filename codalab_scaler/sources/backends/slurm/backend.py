@@ -220,8 +220,8 @@ def _check_user(user: str) -> None:
         return  # no passwd entry: nothing to compare with
     if user != me:
         raise ConfigError(
-            [f"user: {user!r} is not the user sbatch submits as ({me!r}); its jobs would never "
-             "be listed, so every poll would launch more"]
+            [(f"user: {user!r} is not the user sbatch submits as ({me!r}); its jobs would never "
+             "be listed, so every poll would launch more")]
         )  # fmt: skip
 
 

@@ -27,8 +27,10 @@ def check_password_file(path: Path) -> Path:
     if mode & 0o077:
         raise ConfigError(
             [
-                f"password_file: {absolute} has mode {mode:04o}; Slurm workers read it, "
-                f"so it must be readable by its owner only (chmod 600 {absolute})"
+                (
+                    f"password_file: {absolute} has mode {mode:04o}; Slurm workers read it, "
+                    f"so it must be readable by its owner only (chmod 600 {absolute})"
+                )
             ]
         )
     return absolute

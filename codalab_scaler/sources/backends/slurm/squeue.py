@@ -88,7 +88,7 @@ def parse(text: str) -> tuple[list[Row], list[str]]:
 
 
 def ours(rows: Sequence[Row], prefix: str) -> dict[str, tuple[Row, str]]:
-    """This scaler's jobs by id, each with its worker id (the name after ``prefix``).
+    """The jobs of this scaler, by id, each with its worker id (the name after ``prefix``).
 
     A worker id never contains ``-``, so ``prefix`` alone decides the pool:
     ``u-job-gpu-big-<id>`` is not pool ``gpu``'s job even though its name
