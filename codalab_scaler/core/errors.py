@@ -19,7 +19,15 @@ class ScalerError(Exception):
 
 
 class TransientError(ScalerError):
-    """The peer may succeed if asked again; retried with backoff."""
+    """The peer may succeed if asked again; retried with backoff.
+
+    ``retry_after`` is the wait the peer asked for (HTTP ``Retry-After``), in
+    seconds; the retry waits at least that long.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RefusedError(ScalerError):

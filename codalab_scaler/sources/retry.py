@@ -58,11 +58,20 @@ async def call_with_retry(
             if exc is not None:
                 on_retry(source, exc)
 
+    backoff = wait_exponential(
+        multiplier=policy.initial_backoff, max=policy.max_backoff
+    ) + wait_random(0, policy.initial_backoff)
+
+    def wait(state: RetryCallState) -> float:
+        """The jittered backoff, or longer when the peer said ``Retry-After``."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        asked = exc.retry_after if isinstance(exc, TransientError) else None
+        return max(backoff(state), min(asked or 0.0, policy.max_seconds))
+
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TransientError),
         stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_seconds),
-        wait=wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
-        + wait_random(0, policy.initial_backoff),
+        wait=wait,
         before_sleep=before_sleep,
         reraise=True,
     )

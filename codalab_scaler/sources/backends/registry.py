@@ -24,6 +24,7 @@ from pydantic import Field
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.aws_batch import settings as aws_batch
 from codalab_scaler.sources.backends.base import Backend, StrictModel, WorkerCredentials
+from codalab_scaler.sources.backends.kubernetes import settings as kubernetes
 from codalab_scaler.sources.backends.local import settings as local
 from codalab_scaler.sources.backends.slurm import settings as slurm
 
@@ -103,6 +104,9 @@ BACKEND_KINDS: tuple[BackendKind, ...] = (
                 "Run workers as Slurm batch jobs",
                 environ_defaults=slurm.environ_defaults,
                 also_accepts=("dry_run", "password_file")),
+    BackendKind("kubernetes", kubernetes.KubernetesBackendSettings, _PACKAGE + ".kubernetes",
+                "Run workers as Kubernetes pods",
+                environ_defaults=kubernetes.environ_defaults),
 )  # fmt: skip
 
 _BY_NAME = {kind.name: kind for kind in BACKEND_KINDS}
