@@ -49,6 +49,10 @@ async def connect(pool: str, settings: KubernetesBackendSettings) -> AsyncIterat
                     # A few bytes the kubelet mounted, read once at start-up.
                     namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()  # noqa: ASYNC240
             elif settings.kubeconfig is not None:
+                if not settings.kubeconfig.is_file():
+                    raise ConfigError(
+                        [f"pools.{pool}.backend.kubeconfig: no such file {settings.kubeconfig}"]
+                    )
                 await CONFIG.load_kube_config(
                     config_file=str(settings.kubeconfig),
                     context=settings.context,
