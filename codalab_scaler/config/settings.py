@@ -331,6 +331,43 @@ class Settings(StrictModel):
         description="Accepted for compatibility with cl-worker-manager; ignored with a "
         "warning (the scaler holds no state that needs a periodic restart).",
     )
+    leader_election: bool = Field(
+        default=False,
+        description="Run as one of several replicas: only the holder of a Kubernetes Lease "
+        "launches, the others poll and stand by. Off: one scaler, always launching.",
+    )
+    leader_election_lease: str = Field(
+        default="codalab-scaler",
+        description="Name of the coordination.k8s.io Lease the replicas compete for.",
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Lease. Unset: the scaler's own (in a cluster), else default.",
+    )
+    leader_election_identity: str | None = Field(
+        default=None,
+        description="This replica's name in the Lease. Unset: the host name, which in a "
+        "pod is the pod's name.",
+    )
+    leader_election_kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig to reach the Lease with. Unset: the pod's service account.",
+    )
+    leader_election_lease_seconds: PositiveInt = Field(
+        default=15,
+        description="Seconds a Lease not renewed stays with its holder (whole seconds, as "
+        "the Lease stores them); a standby takes over after it. 15: client-go's default.",
+    )
+    leader_election_renew_seconds: PositiveFloat = Field(
+        default=10,
+        description="Seconds the leader keeps trying to renew before it stops launching; "
+        "less than the Lease. 10: client-go's default.",
+    )
+    leader_election_retry_seconds: PositiveFloat = Field(
+        default=2,
+        description="Seconds between attempts to acquire or renew the Lease (at least 1). "
+        "2: client-go's default.",
+    )
     pools: dict[str, PoolSettings] = Field(
         default_factory=dict,
         description="The pools, by name (lower-case letters, digits, - and _). A backend "
@@ -363,6 +400,17 @@ class Settings(StrictModel):
         if self.username is None or self.password is None:
             raise ValueError(
                 "credentials: set CODALAB_USERNAME and CODALAB_PASSWORD, or --password-file"
+            )
+        if self.leader_election_retry_seconds < 1:
+            raise ValueError("leader_election_retry_seconds: must be at least 1")
+        if self.leader_election_renew_seconds <= 1.2 * self.leader_election_retry_seconds:
+            raise ValueError(
+                "leader_election_renew_seconds: must be more than 1.2 x "
+                "leader_election_retry_seconds"
+            )
+        if self.leader_election_lease_seconds <= self.leader_election_renew_seconds:
+            raise ValueError(
+                "leader_election_lease_seconds: must be more than leader_election_renew_seconds"
             )
         return self
 

@@ -19,6 +19,7 @@ from codalab_scaler.service.health import Liveness
 from codalab_scaler.service.metrics import Metrics
 from codalab_scaler.service.state import StateStore
 from codalab_scaler.sources.backends.base import Backend
+from codalab_scaler.sources.leadership import Leadership
 from codalab_scaler.sources.retry import RetryPolicy
 
 
@@ -94,3 +95,8 @@ class Context:
     dry_run: bool = False
     # Set once when the app begins to stop: pollers end, a launch in progress finishes.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # With --leader-election: only the Lease holder launches. None: always launch.
+    leadership: Leadership | None = None
+
+    def may_act(self) -> bool:
+        return self.leadership is None or self.leadership.is_leader()

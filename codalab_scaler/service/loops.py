@@ -43,6 +43,10 @@ async def running(ctx: Context) -> AsyncIterator[None]:
         ctx.liveness.register(name)
         tasks[name] = asyncio.create_task(_guard(ctx, name, body), name=name)
 
+    if ctx.leadership is not None:
+        # Guarded like a root loop, but not a liveness loop: a standby is healthy.
+        election = ctx.leadership.run()
+        tasks["leader"] = asyncio.create_task(_guard(ctx, "leader", election), name="leader")
     try:
         for name, pool in ctx.pools.items():
             spawn(f"bundles:{name}", _every(ctx, f"bundles:{name}", poll_bundles, pool))
@@ -61,13 +65,15 @@ async def _stop(ctx: Context, tasks: dict[str, asyncio.Task[None]]) -> None:
     """Stop polling at once; let a launch in progress finish within the grace."""
     ctx.stopping.set()
     for name, task in tasks.items():
-        if not name.startswith("scaler:"):
+        if not name.startswith("scaler:") and name != "leader":
             task.cancel()
     scalers = [t for n, t in tasks.items() if n.startswith("scaler:")]
     if scalers:
         _done, late = await asyncio.wait(scalers, timeout=STOP_GRACE_SECONDS)
         for task in late:
             task.cancel()
+    if "leader" in tasks:  # after the last launch: release the Lease for the standby
+        tasks["leader"].cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 

@@ -208,6 +208,22 @@ class SnapshotCollector(Collector):
         yield from (staged, filtered, jobs, in_flight, age, ok, limits, last)
 
 
+class LeaderCollector(Collector):
+    """``codalab_scaler_leader``: 1 while this replica may launch (always, without election)."""
+
+    def __init__(self, leading: Callable[[], bool]) -> None:
+        self._leading = leading
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_leader",
+            "1 on the replica that launches (the Lease holder, or a scaler without "
+            "--leader-election), 0 on a standby.",
+        )
+        gauge.add_metric([], 1.0 if self._leading() else 0.0)
+        yield gauge
+
+
 def reference_registry(pool: str = "<pool>") -> CollectorRegistry:
     """Every metric family the service exports, on a fresh registry, with no service.
 
@@ -236,4 +252,5 @@ def reference_registry(pool: str = "<pool>") -> CollectorRegistry:
         now=0.0,
     )
     registry.register(SnapshotCollector(lambda: view))
+    registry.register(LeaderCollector(lambda: True))
     return registry

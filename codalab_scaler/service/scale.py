@@ -35,7 +35,8 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
     ctx.state.update(pool.name, lambda s: replace(s, last_decision=decision))
     ctx.metrics.decisions.labels(pool=pool.name, reason=decision.reason.value).inc()
     changed = previous is None or _summary(previous) != _summary(decision)
-    (log.info if changed or decision.launch else log.debug)(
+    acting = ctx.may_act()  # a standby decides (for /status) but launches nothing
+    (log.info if acting and (changed or decision.launch) else log.debug)(
         "scaler.decided",
         pool=pool.name,
         launch=decision.launch,
@@ -47,11 +48,14 @@ async def scale_pool(ctx: Context, pool: PoolRuntime) -> tuple[Decision, int]:
         max=pool.policy.max_workers,
         blocked_by=[r.value for r in decision.blocked_by],
         stale=list(decision.stale),
+        standby=not acting,
     )
     launched = 0
     for _ in range(decision.launch):
         if ctx.stopping.is_set():
             log.info("scaler.launch_skipped_stopping", pool=pool.name)
+            break
+        if not ctx.may_act():  # checked before every call: a lost Lease stops the next one
             break
         worker_id = uuid.uuid4().hex
         if ctx.dry_run:

@@ -40,6 +40,18 @@ def _decision(d: Decision | None) -> dict[str, Any] | None:
     }
 
 
+def _leadership(ctx: Context) -> dict[str, Any] | None:
+    lead = ctx.leadership
+    if lead is None:
+        return None
+    return {
+        "role": "leader" if lead.is_leader() else "standby",
+        "identity": lead.identity,
+        "leader": lead.holder(),
+        "lease": lead.options.name,
+    }
+
+
 def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
     now = ctx.clock()
     snap = ctx.state.snapshot
@@ -100,6 +112,7 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
         "problems": list(health.problems),
         "loops": health.loops,
         "dry_run": ctx.dry_run,
+        "leadership": _leadership(ctx),
         "snapshot_version": snap.version,
         "snapshot_age_seconds": round(now - snap.taken_at, 3),
         "pools": pools,

@@ -11,6 +11,7 @@ exit path.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -24,10 +25,11 @@ from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError, LoginRefused, TransientError
 from codalab_scaler.service.context import BundleSource, Context, Fatal, PoolRuntime
 from codalab_scaler.service.health import Liveness
-from codalab_scaler.service.metrics import Metrics, ScrapeView, SnapshotCollector
+from codalab_scaler.service.metrics import LeaderCollector, Metrics, ScrapeView, SnapshotCollector
 from codalab_scaler.service.state import StateStore
 from codalab_scaler.sources.backends import Backend, WorkerCredentials, open_backend
 from codalab_scaler.sources.codalab.client import CodaLabClient, Credentials, staged_keywords
+from codalab_scaler.sources.leadership import Leadership, LeaseOptions
 
 log = structlog.get_logger()
 
@@ -58,6 +60,7 @@ class Parts:
     liveness: Liveness
     fatal: Fatal
     overrides: Overrides
+    leadership: Leadership | None = None
 
 
 def assemble(
@@ -79,6 +82,8 @@ def assemble(
     metrics.registry.register(SnapshotCollector(
         lambda: ScrapeView(snapshot=state.snapshot, policies=policies, now=clock())
     ))  # fmt: skip
+    leadership = _leadership(settings)
+    metrics.registry.register(LeaderCollector(lambda: leadership is None or leadership.is_leader()))
     return Parts(
         settings=settings,
         clock=clock,
@@ -87,6 +92,23 @@ def assemble(
         liveness=liveness,
         fatal=Fatal(liveness),
         overrides=overrides if overrides is not None else Overrides(),
+        leadership=leadership,
+    )
+
+
+def _leadership(settings: Settings) -> Leadership | None:
+    if not settings.leader_election:
+        return None
+    return Leadership(
+        LeaseOptions(
+            name=settings.leader_election_lease,
+            namespace=settings.leader_election_namespace,
+            identity=settings.leader_election_identity or socket.gethostname(),
+            kubeconfig=settings.leader_election_kubeconfig,
+            lease_duration=settings.leader_election_lease_seconds,
+            renew_deadline=settings.leader_election_renew_seconds,
+            retry_period=settings.leader_election_retry_seconds,
+        )
     )
 
 
@@ -160,6 +182,7 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
         retry=retry,
         call_timeout=settings.request_timeout_seconds,
         dry_run=settings.dry_run,
+        leadership=parts.leadership,
     )
 
 
