@@ -19,7 +19,15 @@ class ScalerError(Exception):
 
 
 class TransientError(ScalerError):
-    """The peer may succeed if asked again; retried with backoff."""
+    """The peer may succeed if asked again; retried with backoff.
+
+    ``retry_after`` is the peer's own hint (HTTP ``Retry-After``), in seconds:
+    the retry waits at least that long, or gives up if the budget cannot.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RefusedError(ScalerError):
