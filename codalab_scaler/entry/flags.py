@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from codalab_scaler import __version__
@@ -94,7 +94,7 @@ def flag_kwargs(name: str, info: FieldInfo) -> dict[str, Any] | None:
         kwargs.update(nargs="*", action="extend")  # see split_search
     elif annotation in (int, float, Path):
         kwargs["type"] = annotation
-    elif annotation is not str:
+    elif annotation not in (str, SecretStr):  # a secret flag is read as the string it is
         return None
     return kwargs
 
