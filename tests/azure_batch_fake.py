@@ -383,3 +383,24 @@ async def running(fake: FakeBatch | None = None) -> AsyncIterator[FakeBatch]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+async def serve(port: int) -> None:
+    """Serve the fake until interrupted (``python -m tests.azure_batch_fake [port]``)."""
+    fake = FakeBatch()
+    runner = web.AppRunner(fake.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    fake.url = f"http://127.0.0.1:{port}"
+    print(f"fake Azure Batch at {fake.url} account {ACCOUNT} job {JOB}", flush=True)  # noqa: T201 - a command that says where it listens
+    print(f"AZURE_BATCH_ACCESS_KEY={KEY}", flush=True)  # noqa: T201 - the fake's fixed test key
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 8765))
