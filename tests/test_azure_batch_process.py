@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -64,9 +65,16 @@ async def test_launches_tasks_for_staged_bundles_and_stops_at_max(
     options = {t["containerSettings"]["containerRunOptions"] for t in fake.tasks().values()}
     assert all(o.startswith("--cpus 2 --memory 4096M ") for o in options)
 
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/status") as resp,
+    ):
+        status_page = await resp.text()
+    assert resp.status == 200
+
     scaler.proc.send_signal(signal.SIGTERM)
     assert await scaler.exit_code() == 0
-    output = "\n".join(scaler.raw) + text
+    output = "\n".join(scaler.raw) + text + status_page
     assert PASSWORD not in output
     assert KEY not in output
     assert PASSWORD not in repr(fake.tasks())

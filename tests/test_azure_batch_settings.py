@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials_async import AsyncTokenCredential
 from pydantic import ValidationError
 
 from codalab_scaler.config.loader import load_settings
@@ -15,7 +16,10 @@ from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.entry.cli import main
 from codalab_scaler.sources.backends.azure_batch import spec
 from codalab_scaler.sources.backends.azure_batch.backend import AzureBatchBackend
-from codalab_scaler.sources.backends.azure_batch.client import read_account_key
+from codalab_scaler.sources.backends.azure_batch.client import (
+    entra_id_credential,
+    read_account_key,
+)
 from codalab_scaler.sources.backends.azure_batch.settings import AzureBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.defaults import worker_options
@@ -81,6 +85,7 @@ def test_a_flag_or_file_wins_over_the_environment(tmp_path: Path) -> None:
         ({"account_key": KEY, "job_id": "bad job"}, "job_id"),
         ({"account_key": KEY, "task_id_prefix": "x" * 21}, "task_id_prefix"),
         ({"account_key": KEY, "auth": "entra-id"}, "account_key"),
+        ({"auth": "entra-id", "service_url": "http://127.0.0.1:1"}, "service_url"),
     ],
 )
 def test_config_errors_name_the_field(backend: dict[str, Any], field: str) -> None:
@@ -203,3 +208,11 @@ def test_a_plan_shows_neither_password_nor_sas() -> None:
 )
 def test_why_a_completed_task_failed(execution_info: dict[str, Any], reason: str | None) -> None:
     assert spec.failure_reason({"executionInfo": execution_info}) == reason
+
+
+async def test_entra_id_takes_azure_identitys_default_chain() -> None:
+    settings = backend_of({}, auth="entra-id")
+    assert settings.account_key is None
+    credential = entra_id_credential()
+    assert isinstance(credential, AsyncTokenCredential)
+    await credential.close()

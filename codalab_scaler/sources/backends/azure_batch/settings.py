@@ -196,6 +196,8 @@ class AzureBatchBackendSettings(StrictModel):
             )
         if self.auth == "entra-id" and (self.account_key or self.account_key_file):
             raise ValueError("account_key: not used with auth entra-id; leave it unset")
+        if self.auth == "entra-id" and not self.service_url.startswith("https://"):
+            raise ValueError("service_url: auth entra-id sends tokens over https only")
         if self.worker_password_file is None and not self.allow_plaintext_password:
             raise ValueError(
                 "worker_password_file: required (a file on the pool's nodes); "
