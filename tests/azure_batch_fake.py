@@ -373,7 +373,9 @@ class _FilterParser:
 async def running(fake: FakeBatch | None = None) -> AsyncIterator[FakeBatch]:
     """The fake served on 127.0.0.1 on a free port; ``fake.url`` is its service URL."""
     fake = fake or FakeBatch()
-    runner = web.AppRunner(fake.app(), access_log=None)
+    runner = web.AppRunner(
+        fake.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -388,7 +390,9 @@ async def running(fake: FakeBatch | None = None) -> AsyncIterator[FakeBatch]:
 async def serve(port: int) -> None:
     """Serve the fake until interrupted (``python -m tests.azure_batch_fake [port]``)."""
     fake = FakeBatch()
-    runner = web.AppRunner(fake.app(), access_log=None)
+    runner = web.AppRunner(
+        fake.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     fake.url = f"http://127.0.0.1:{port}"

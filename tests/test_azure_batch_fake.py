@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -304,3 +305,16 @@ async def test_a_failed_list_launches_nothing(fake: FakeBatch) -> None:
         "codalab_scaler_launches_total", {"pool": "default", "outcome": "launched"}
     )
     assert launched == 0
+
+
+async def test_a_hanging_service_is_a_read_timeout_and_transient(
+    make: Make, fake: FakeBatch
+) -> None:
+    backend = make(read_timeout_seconds=0.3)
+    await backend.list_jobs()
+    fake.fail_next("list", Failure(500, "unused", hang=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TransientError, match="Timeout"):
+        await backend.list_jobs()
+    assert loop.time() - started < 5
