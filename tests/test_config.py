@@ -296,6 +296,21 @@ ORIGINAL_BACKEND_FLAGS: dict[str, tuple[list[str], dict[str, Any], dict[str, Any
         },
         {},
     ),
+    "azure-batch": (
+        [
+            "--account-name", "acct", "--account-key", "a2V5", "--service-url",
+            "https://acct.westeurope.batch.azure.com", "--log-container-url",
+            "https://acct.blob.core.windows.net/logs", "--job-id", "cw-job", "--cpus", "4",
+            "--gpus", "1", "--memory-mb", "8192", "--user", "worker",
+            "--allow-plaintext-password", "--exit-after-num-failed", "2",
+        ],
+        {
+            "account_name": "acct", "service_url": "https://acct.westeurope.batch.azure.com",
+            "log_container_url": "https://acct.blob.core.windows.net/logs", "job_id": "cw-job",
+            "cpus": 4, "gpus": 1, "memory_mb": 8192, "user": "worker",
+        },
+        {},
+    ),
     "slurm-batch": (
         [
             "--job-name", "cw", "--nodelist", "n1", "--exclude", "n2", "--partition", "gpu",
@@ -331,9 +346,20 @@ def test_every_original_flag_works_with_each_backend(kind: str, tmp_path: Path) 
         assert getattr(pool.backend, name) == value, name
 
 
+AZURE_REQUIRED = [
+    "--account-name", "a", "--account-key", "a2V5", "--service-url", "https://a.b.batch.azure.com",
+    "--log-container-url", "https://a.blob.core.windows.net/l", "--job-id", "j",
+    "--worker-password-file", "/mnt/pw",
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", sorted(ORIGINAL_BACKEND_FLAGS))
 def test_exit_after_num_failed_after_any_backend(kind: str) -> None:
-    extra = {"aws-batch": ["--allow-plaintext-password"], "slurm-batch": ["--partition", "p"]}
+    extra = {
+        "aws-batch": ["--allow-plaintext-password"],
+        "azure-batch": AZURE_REQUIRED,
+        "slurm-batch": ["--partition", "p"],
+    }
     s = load([kind, *extra.get(kind, []), "--exit-after-num-failed", "3"])
     assert s.pools["default"].exit_after_num_failed == 3
 
@@ -376,7 +402,9 @@ def test_help_and_validation_never_import_an_sdk() -> None:
         "build_parser().format_help()\n"
         "args = build_parser().parse_args(['aws-batch', '--allow-plaintext-password'])\n"
         "settings_from_args(args, {'CODALAB_USERNAME': 'u', 'CODALAB_PASSWORD': 'p'})\n"
-        "print(sorted({'botocore', 'aiobotocore'} & set(sys.modules)))\n"
+        f"args = build_parser().parse_args(['azure-batch', *{AZURE_REQUIRED!r}])\n"
+        "settings_from_args(args, {'CODALAB_USERNAME': 'u', 'CODALAB_PASSWORD': 'p'})\n"
+        "print(sorted({'botocore', 'aiobotocore', 'azure'} & set(sys.modules)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from codalab_scaler.core.errors import RefusedError, TransientError
@@ -51,4 +53,20 @@ async def test_other_errors_are_not_retried(error: Exception) -> None:
     fn = Flaky(1, error)
     with pytest.raises(type(error)):
         await call_with_retry("codalab", fn, FAST)
+    assert fn.calls == 1
+
+
+async def test_retry_after_is_waited_for() -> None:
+    fn = Flaky(1, TransientError("429", retry_after=0.3))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await call_with_retry("azure", fn, FAST) == "ok"
+    assert loop.time() - started >= 0.3
+    assert fn.calls == 2
+
+
+async def test_retry_after_past_the_budget_gives_up_at_once() -> None:
+    fn = Flaky(1, TransientError("429", retry_after=60))
+    with pytest.raises(TransientError, match="429"):
+        await call_with_retry("azure", fn, FAST)
     assert fn.calls == 1

@@ -21,8 +21,8 @@ class ScalerError(Exception):
 class TransientError(ScalerError):
     """The peer may succeed if asked again; retried with backoff.
 
-    ``retry_after`` is the wait the peer asked for (HTTP ``Retry-After``), in
-    seconds; the retry waits at least that long.
+    ``retry_after`` is the peer's own hint (HTTP ``Retry-After``), in seconds:
+    the retry waits at least that long, or gives up if the budget cannot.
     """
 
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:

@@ -1,8 +1,11 @@
 """Bounded, jittered, counted retries of transient errors (tenacity).
 
-Only ``TransientError`` is retried: never a bare ``Exception``.  Each retry
-calls ``on_retry(source)`` so the caller can count it in a metric without
-this module knowing about Prometheus.
+Only ``TransientError`` is retried: never a bare ``Exception``.  A peer's
+``Retry-After`` (``TransientError.retry_after``) is honoured: the next try
+waits at least that long, and when that would pass ``max_seconds`` the
+error propagates at once instead.  Each retry calls ``on_retry(source)``
+so the caller can count it in a metric without this module knowing about
+Prometheus.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 
 from codalab_scaler.core.errors import TransientError
 
@@ -58,19 +62,26 @@ async def call_with_retry(
             if exc is not None:
                 on_retry(source, exc)
 
-    backoff = wait_exponential(
-        multiplier=policy.initial_backoff, max=policy.max_backoff
-    ) + wait_random(0, policy.initial_backoff)
+    backoff = wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff) + (
+        wait_random(0, policy.initial_backoff)
+    )
 
     def wait(state: RetryCallState) -> float:
-        """The jittered backoff, or longer when the peer said ``Retry-After``."""
-        exc = state.outcome.exception() if state.outcome is not None else None
-        asked = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(backoff(state), min(asked or 0.0, policy.max_seconds))
+        return max(backoff(state), _retry_after(state) or 0.0)
+
+    class PastBudget(stop_base):
+        """The peer asks for a wait longer than the time left."""
+
+        def __call__(self, state: RetryCallState) -> bool:
+            hint = _retry_after(state)
+            elapsed = state.seconds_since_start or 0.0
+            return hint is not None and elapsed + hint > policy.max_seconds
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_seconds),
+        stop=stop_after_attempt(policy.max_attempts)
+        | stop_after_delay(policy.max_seconds)
+        | PastBudget(),
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,
@@ -79,3 +90,9 @@ async def call_with_retry(
         with attempt:
             return await fn()
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+
+def _retry_after(state: RetryCallState) -> float | None:
+    """The peer's ``Retry-After`` hint carried by the last failure, if any."""
+    exc = None if state.outcome is None else state.outcome.exception()
+    return exc.retry_after if isinstance(exc, TransientError) else None

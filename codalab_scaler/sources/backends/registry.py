@@ -23,6 +23,7 @@ from pydantic import Field
 
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.aws_batch import settings as aws_batch
+from codalab_scaler.sources.backends.azure_batch import settings as azure_batch
 from codalab_scaler.sources.backends.base import Backend, StrictModel, WorkerCredentials
 from codalab_scaler.sources.backends.kubernetes import settings as kubernetes
 from codalab_scaler.sources.backends.local import settings as local
@@ -100,6 +101,9 @@ BACKEND_KINDS: tuple[BackendKind, ...] = (
     BackendKind("aws-batch", aws_batch.AwsBatchBackendSettings, _PACKAGE + ".aws_batch",
                 "Run workers as AWS Batch jobs",
                 environ_defaults=aws_batch.environ_defaults),
+    BackendKind("azure-batch", azure_batch.AzureBatchBackendSettings, _PACKAGE + ".azure_batch",
+                "Run workers as Azure Batch tasks",
+                environ_defaults=azure_batch.environ_defaults),
     BackendKind("slurm-batch", slurm.SlurmBatchBackendSettings, _PACKAGE + ".slurm",
                 "Run workers as Slurm batch jobs",
                 environ_defaults=slurm.environ_defaults,
