@@ -17,12 +17,18 @@ import pytest
 import yaml
 
 from codalab_scaler.config.loader import load_settings, read_config_file
+from codalab_scaler.entry.cli import build_parser, settings_from_args
+from codalab_scaler.sources import leadership
+from codalab_scaler.sources.backends.kubernetes import backend as kubernetes_backend
+from codalab_scaler.sources.backends.kubernetes import spec as kubernetes_spec
+from codalab_scaler.sources.backends.kubernetes.settings import KubernetesBackendSettings
 from tests.ops_promql import JOB, ROOT
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 BASE = DEPLOY / "kubernetes" / "base"
 OVERLAY = DEPLOY / "kubernetes" / "overlays" / "example"
+HA = DEPLOY / "kubernetes" / "overlays" / "ha"
 UNIT = DEPLOY / "systemd" / "codalab-scaler.service"
 BIN = Path(sys.executable).parent
 HADOLINT = BIN / "hadolint"
@@ -235,13 +241,21 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# kubectl comes with the machine (the Google Cloud CLI's); Debian's kubernetes-client
+# (1.20) embeds a kustomize too old for the base's `labels:`, so CI installs none.
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl (with its built-in kustomize) not installed"
 )
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml"), ids=str
+    "path",
+    [
+        *sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml"),
+        HA / "namespace.yaml",
+        HA / "poddisruptionbudget.yaml",
+    ],
+    ids=str,
 )
 def test_base_resource_files_validate(path: Path) -> None:
     """Without kustomize: each plain resource file of the base is valid on its own."""
@@ -249,7 +263,9 @@ def test_base_resource_files_validate(path: Path) -> None:
         validate(doc)
 
 
-@pytest.mark.parametrize("config", [BASE / "config.toml", OVERLAY / "config.toml"], ids=str)
+@pytest.mark.parametrize(
+    "config", [BASE / "config.toml", OVERLAY / "config.toml", HA / "config.toml"], ids=str
+)
 def test_configmap_toml_is_a_valid_configuration(config: Path) -> None:
     settings = load_settings({"username": "u", "password": "p"}, {}, read_config_file(config))
     assert settings.pools
@@ -257,7 +273,7 @@ def test_configmap_toml_is_a_valid_configuration(config: Path) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
+@pytest.mark.parametrize("directory", [BASE, OVERLAY, HA], ids=["base", "overlay", "ha"])
 def test_rendered_manifests_validate(directory: Path) -> None:
     docs = render(directory)
     for doc in docs:
@@ -343,6 +359,133 @@ def test_overlay_credentials_are_placeholders() -> None:
     )
     assert set(values) == {"CODALAB_USERNAME", "CODALAB_PASSWORD"}
     assert "CHANGE-ME" in values["CODALAB_PASSWORD"]
+
+
+# ---------------------------------------------------------------- HA overlay
+
+# What the scaler's code calls, as RBAC names it: the client method's verb.
+CLIENT_VERBS = {"list": "list", "create": "create", "delete": "delete", "read": "get",
+                "replace": "update", "patch": "patch"}  # fmt: skip
+API_GROUPS = {"pod": "", "secret": "", "lease": "coordination.k8s.io"}
+
+
+def declared_rbac() -> dict[tuple[str, str], set[str]]:
+    """The RBAC lists kept next to the code: the backend's and leader election's."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rules in (kubernetes_backend.RBAC, leadership.RBAC):
+        for key, verbs in rules.items():
+            out.setdefault(key, set()).update(verbs)
+    return out
+
+
+def called_rbac(*modules: Any) -> dict[tuple[str, str], set[str]]:
+    """Every ``<verb>_namespaced_<kind>`` call in the modules' source, as RBAC sees it."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for module in modules:
+        source = Path(module.__file__).read_text()
+        for verb, kind in re.findall(r"\.(\w+?)_namespaced_(\w+)\(", source):
+            out.setdefault((API_GROUPS[kind], kind + "s"), set()).add(CLIENT_VERBS[verb])
+    return out
+
+
+def granted_rbac(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("module", "declared"),
+    [(kubernetes_backend, kubernetes_backend.RBAC), (leadership, leadership.RBAC)],
+    ids=["backend", "leadership"],
+)
+def test_declared_rbac_is_what_the_code_calls(module: Any, declared: Any) -> None:
+    """A new client call (or one dropped) fails here until RBAC next to the code says so."""
+    assert called_rbac(module) == {key: set(verbs) for key, verbs in declared.items()}
+
+
+def ha_role_rules() -> list[dict[str, Any]]:
+    (patch,) = yaml.safe_load_all((HA / "role-patch.yaml").read_text())
+    rules: list[dict[str, Any]] = patch["rules"]
+    return rules
+
+
+def test_ha_role_grants_exactly_what_the_code_calls() -> None:
+    """Without kustomize: the HA overlay's Role (its patch replaces the base's rules)."""
+    assert granted_rbac({"rules": ha_role_rules()}) == declared_rbac()
+
+
+def ha_args(deployment: dict[str, Any]) -> list[str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    args = [arg.replace("$(POD_NAME)", "codalab-scaler-5d9f7-x2x4k") for arg in container["args"]]
+    config = args.index("--config") + 1
+    assert args[config] == "/etc/codalab-scaler/config.toml"
+    args[config] = str(HA / "config.toml")
+    return args
+
+
+@needs_kubectl
+def test_ha_overlay_runs_two_electing_replicas_apart() -> None:
+    kinds = by_kind(render(HA))
+    deploy = kinds["Deployment"]
+    spec = deploy["spec"]
+    assert spec["replicas"] == 2
+    # Replaced one at a time, never a third pod (which the anti-affinity could not place).
+    assert spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}
+    }  # fmt: skip
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert pod["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    # The arguments as the CLI reads them: leader election under the pod's name.
+    settings = settings_from_args(
+        build_parser().parse_args(ha_args(deploy)),
+        {"CODALAB_USERNAME": "u", "CODALAB_PASSWORD": "p"},
+    )
+    assert settings.leader_election is True
+    assert settings.leader_election_identity == "codalab-scaler-5d9f7-x2x4k"
+    assert settings.leader_election_namespace is None  # the pod's own: the Role's
+    assert settings.leader_election_kubeconfig is None  # the pod's service account
+    # A PodDisruptionBudget that keeps one replica through a drain.
+    pdb = kinds["PodDisruptionBudget"]["spec"]
+    assert pdb["minAvailable"] == 1
+    assert pdb["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    # The Role, bound to the pods' service account, names the Lease and the Secrets.
+    role, binding = kinds["Role"], kinds["RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "codalab"}
+    ]
+    assert granted_rbac(role) == declared_rbac()
+    named = {
+        resource: set(rule["resourceNames"])
+        for rule in role["rules"] if "resourceNames" in rule
+        for resource in rule["resources"]
+    }  # fmt: skip
+    assert named["leases"] == {settings.leader_election_lease}
+    own_secrets = {
+        kubernetes_spec.owned_secret_name(name)
+        for name, pool in settings.pools.items()
+        if isinstance(pool.backend, KubernetesBackendSettings)
+        and pool.backend.password_secret is None
+    }
+    assert named["secrets"] == own_secrets
+    for pool in settings.pools.values():  # workers in the scaler's namespace: the Role's
+        assert isinstance(pool.backend, KubernetesBackendSettings)
+        assert pool.backend.in_cluster
+        assert pool.backend.namespace is None
+    for doc in kinds.values():
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "codalab", doc["kind"]
 
 
 # ---------------------------------------------------------------- systemd

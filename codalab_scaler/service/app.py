@@ -108,7 +108,8 @@ async def serve(
     """Run ``app`` until SIGTERM/SIGINT or ``stop`` (exit 0) or until a root loop dies (exit 1).
 
     A taken port or a wrong password exits 2.  ``ConfigError`` (a backend's own
-    checks when it opens) propagates, after everything opened was closed.
+    checks when it opens, or one a loop raised, e.g. leader election's) propagates,
+    after everything opened was closed.
     """
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,6 +162,8 @@ async def _serve(
         finally:
             log.info("service.stopping", fatal=fatal.reason)
             await runner.cleanup()
+    if fatal.config_error is not None:  # a loop found a setting no restart can fix
+        raise fatal.config_error
     if fatal.is_set():
         log.error("service.failed", reason=fatal.reason)
         return EXIT_FAILURE

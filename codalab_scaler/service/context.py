@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from codalab_scaler.core.decision import Policy
+from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.core.model import StagedBundle
 from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.service.health import Liveness
@@ -54,6 +55,8 @@ class Fatal:
         self._liveness = liveness
         self.event = asyncio.Event()
         self.reason: str | None = None
+        # Set when a loop met a configuration no restart can fix: ``serve`` raises it (exit 2).
+        self.config_error: ConfigError | None = None
 
     def halt(self, loop: str, reason: str) -> None:
         """Mark ``loop`` dead (``/healthz``) and end the process; the first reason is kept."""
@@ -61,6 +64,12 @@ class Fatal:
         if self.reason is None:
             self.reason = f"{loop}: {reason}"
         self.event.set()
+
+    def misconfigured(self, loop: str, error: ConfigError) -> None:
+        """``halt``, and end with the configuration error ``error`` (exit 2) instead of 1."""
+        if self.reason is None:
+            self.config_error = error
+        self.halt(loop, str(error))
 
     def is_set(self) -> bool:
         return self.event.is_set()

@@ -4,7 +4,8 @@ Root loops per pool: ``bundles:<pool>`` and ``jobs:<pool>`` (observe) and
 ``scaler:<pool>`` (decide and act).  Each is guarded: an expected failure
 inside an iteration is handled by the iteration itself; anything that
 escapes marks the loop dead and halts the process (``Context.fatal``) with a
-non-zero status for its supervisor to restart.
+non-zero status for its supervisor to restart, or, for a ``ConfigError``
+(a setting no restart can fix), with status 2 and the setting named.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.service.context import Context, PoolRuntime
 from codalab_scaler.service.observe import poll_bundles, poll_jobs
 from codalab_scaler.service.scale import scale_pool
@@ -98,6 +100,10 @@ async def _guard(ctx: Context, name: str, body: Awaitable[None]) -> None:
         await body
     except asyncio.CancelledError:
         raise
+    except ConfigError as exc:
+        log.error("loop.config_error", loop=name, error=str(exc))
+        ctx.fatal.misconfigured(name, exc)
+        return
     except Exception as exc:
         log.exception("loop.crashed", loop=name)
         ctx.fatal.halt(name, f"{type(exc).__name__}: {exc}")

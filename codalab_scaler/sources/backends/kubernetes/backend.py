@@ -50,6 +50,15 @@ PAGE_SIZE = 500  # pods per list call: small answers, few calls for a large pool
 MAX_PAGES = 10_000  # a peer that never stops paginating is a fault, not a pool
 REDACTED = "<redacted>"
 
+# The API calls this backend makes, as RBAC sees them: (API group, resource) -> verbs.
+# Secrets only for the password Secret the scaler writes (no password_secret).
+# tests/test_ops_deploy.py checks that the code calls exactly these and that the
+# HA overlay's Role grants exactly these (docs/backends/kubernetes.md lists them).
+RBAC: dict[tuple[str, str], frozenset[str]] = {
+    ("", "pods"): frozenset({"list", "create", "delete"}),
+    ("", "secrets"): frozenset({"create", "get", "update"}),
+}
+
 Wall = Callable[[], datetime]
 
 
