@@ -311,6 +311,20 @@ ORIGINAL_BACKEND_FLAGS: dict[str, tuple[list[str], dict[str, Any], dict[str, Any
         },
         {},
     ),
+    "kubernetes": (
+        [
+            "--cluster-host", "https://k8s.example.org:6443", "--auth-token", "tok",
+            "--cert-path", "/etc/ca.crt", "--nfs-volume-name", "nfs", "--bundle-runtime",
+            "kubernetes", "--cpus", "4", "--gpus", "1", "--memory-mb", "8192",
+            "--exit-after-num-failed", "2",
+        ],
+        {
+            "cluster_host": "https://k8s.example.org:6443", "cert_path": Path("/etc/ca.crt"),
+            "nfs_volume_name": "nfs", "bundle_runtime": "kubernetes", "cpus": 4, "gpus": 1,
+            "memory_mb": 8192,
+        },
+        {},
+    ),
     "slurm-batch": (
         [
             "--job-name", "cw", "--nodelist", "n1", "--exclude", "n2", "--partition", "gpu",
@@ -358,6 +372,7 @@ def test_exit_after_num_failed_after_any_backend(kind: str) -> None:
     extra = {
         "aws-batch": ["--allow-plaintext-password"],
         "azure-batch": AZURE_REQUIRED,
+        "kubernetes": ["--in-cluster"],
         "slurm-batch": ["--partition", "p"],
     }
     s = load([kind, *extra.get(kind, []), "--exit-after-num-failed", "3"])
@@ -410,3 +425,17 @@ def test_help_and_validation_never_import_an_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_backend_subcommand_replaces_a_toml_pool_of_another_kind(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[pools.default]\nmax_workers = 4\n"
+        '[pools.default.backend]\nkind = "aws-batch"\nregion = "eu-west-1"\n'
+        "allow_plaintext_password = true\n"
+    )
+    s = load(["--config", str(config), "local", "--cpus", "2"])
+    pool = s.pools["default"]
+    assert (pool.backend.kind, pool.backend.cpus, pool.max_workers) == ("local", 2, 4)
+    same_kind = load(["--config", str(config), "aws-batch", "--cpus", "2"])
+    assert same_kind.pools["default"].backend.region == "eu-west-1"  # same kind: merged

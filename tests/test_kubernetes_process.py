@@ -77,3 +77,27 @@ async def test_launches_pods_for_staged_bundles_then_stops_at_max(
     for leaked in (PASSWORD, encoded, TOKEN):
         assert leaked not in stored
         assert leaked not in logs
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--cert-path", "/nonexistent/ca.crt", "cert_path"),
+        ("--cert", "not a PEM certificate", "cert"),
+    ],
+)
+async def test_an_unusable_cluster_ca_exits_2_naming_the_flag(
+    sim: CodaLabSimulator, launcher: Launcher, flag: str, value: str, field: str
+) -> None:
+    scaler = await launcher(
+        "--server", sim.url, "--once", "--min-workers", "0",
+        "kubernetes", "--cluster-host", "https://127.0.0.1:6443", "--auth-token", "t",
+        flag, value,
+        env=creds(),
+    )  # fmt: skip
+    assert await scaler.exit_code(within=30) == 2
+    output = "\n".join(scaler.raw)
+    assert "Traceback" not in output
+    errors = [line for line in scaler.raw if line.startswith("codalab-scaler: config error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"codalab-scaler: config error: pools.default.backend.{field}: ")

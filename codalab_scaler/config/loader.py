@@ -111,15 +111,25 @@ def _with_environ_defaults(values: dict[str, Any], environ: Mapping[str, str]) -
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``; tables are merged key by key, anything else replaced."""
+    """``over`` on top of ``base``; tables are merged key by key, anything else replaced.
+
+    A backend table of another kind replaces the one below instead: ``local``
+    after a TOML pool of kind ``aws-batch`` means a local backend, not an
+    aws-batch table with a local kind.
+    """
     merged = dict(base)
     for key, value in over.items():
         old = merged.get(key)
         if isinstance(old, Mapping) and isinstance(value, Mapping):
-            merged[key] = _merge(dict(old), value)
+            merged[key] = value if _other_kind(key, old, value) else _merge(dict(old), value)
         else:
             merged[key] = value
     return merged
+
+
+def _other_kind(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """``new`` is a backend table naming a different kind than ``old`` (unnamed: the default)."""
+    return key == "backend" and "kind" in new and new["kind"] != old.get("kind", DEFAULT_KIND)
 
 
 def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:

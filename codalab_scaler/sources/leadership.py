@@ -194,7 +194,15 @@ class Leadership:
         return self.options.identity
 
     def is_leader(self) -> bool:
+        """Whether this replica holds the Lease: elected, named by the record, renewed in time.
+
+        The holder check matters: the library refreshes its observed time when it
+        reads *another* replica's record, so a replica that was paused past the
+        Lease would otherwise count itself leader until its renew loop gives up.
+        """
         if not self._leading or self._elector is None:
+            return False
+        if self.holder() != self.identity:
             return False
         renewed = float(self._elector.observed_time_milliseconds) / 1000
         return time.time() - renewed < self.options.renew_deadline

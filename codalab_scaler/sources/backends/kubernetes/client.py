@@ -7,6 +7,7 @@ in ``backend``, and what comes back is read as wire-format data (``spec``).
 from __future__ import annotations
 
 import contextlib
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,14 +62,23 @@ async def connect(pool: str, settings: KubernetesBackendSettings) -> AsyncIterat
                 )
             else:
                 _original_flags(configuration, settings, Path(scratch))
-        except (CONFIG.ConfigException, OSError) as exc:
-            where = "in_cluster" if settings.in_cluster else "kubeconfig"
-            raise ConfigError([f"pools.{pool}.backend.{where}: {exc}"]) from None
-        api = CLIENT.ApiClient(configuration)
+            # Builds the TLS context: an unreadable or invalid CA fails here.
+            api = CLIENT.ApiClient(configuration)
+        except (CONFIG.ConfigException, OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"pools.{pool}.backend.{_source(settings)}: {exc}"]) from None
         try:
             yield Connection(api=api, namespace=namespace or DEFAULT_NAMESPACE)
         finally:
             await api.close()
+
+
+def _source(settings: KubernetesBackendSettings) -> str:
+    """The setting that says how to reach the cluster, to name in an error."""
+    if settings.in_cluster:
+        return "in_cluster"
+    if settings.kubeconfig is not None:
+        return "kubeconfig"
+    return "cert" if settings.cert else "cert_path"
 
 
 def _original_flags(configuration: Any, settings: KubernetesBackendSettings, scratch: Path) -> None:
