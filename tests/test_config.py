@@ -437,5 +437,6 @@ def test_a_backend_subcommand_replaces_a_toml_pool_of_another_kind(tmp_path: Pat
     s = load(["--config", str(config), "local", "--cpus", "2"])
     pool = s.pools["default"]
     assert (pool.backend.kind, pool.backend.cpus, pool.max_workers) == ("local", 2, 4)
-    same_kind = load(["--config", str(config), "aws-batch", "--cpus", "2"])
-    assert same_kind.pools["default"].backend.region == "eu-west-1"  # same kind: merged
+    same_kind = load(["--config", str(config), "aws-batch", "--cpus", "2"]).pools["default"]
+    assert isinstance(same_kind.backend, AwsBatchBackendSettings)
+    assert same_kind.backend.region == "eu-west-1"  # same kind: merged
