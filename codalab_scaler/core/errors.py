@@ -19,7 +19,14 @@ class ScalerError(Exception):
 
 
 class TransientError(ScalerError):
-    """The peer may succeed if asked again; retried with backoff."""
+    """The peer may succeed if asked again; retried with backoff.
+
+    ``retry_after``: seconds the peer asked us to wait (``Retry-After``), if it did.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RefusedError(ScalerError):
