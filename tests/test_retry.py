@@ -129,5 +129,7 @@ async def test_pauses_add_up_against_the_budget() -> None:
         ("٣", None),  # a digit, but not an ASCII one
     ],
 )
-def test_retry_after_is_read_as_seconds_or_a_date(header: str | None, seconds: float | None) -> None:
+def test_retry_after_is_read_as_seconds_or_a_date(
+    header: str | None, seconds: float | None
+) -> None:
     assert parse_retry_after(header, NOW) == seconds

@@ -146,6 +146,8 @@ class CodaLabClient:
         self._malformed_seen: dict[tuple[str, ...], set[tuple[str | None, str]]] = {}
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
+        # Tokens rejected since the last good fetch: past the first, an outage, not news.
+        self._rejections = 0
 
     @property
     def username(self) -> str:
@@ -243,9 +245,12 @@ class CodaLabClient:
                 parsed, pages = await self._fetch_pages(keywords, token)
                 await self._get_json("/rest/workers/info", token)
             except TokenRejected:
-                log.warning("codalab.token_rejected", username=self.username, attempt=attempt)
+                emit = log.warning if self._rejections == 0 else log.debug
+                self._rejections += 1
+                emit("codalab.token_rejected", username=self.username, attempt=attempt)
                 await self._forget_token(token)
                 continue
+            self._rejections = 0
             # Warn once per bad bundle, not on every poll while it stays staged.
             current = {(bad.uuid, bad.reason) for bad in parsed.malformed}
             search = tuple(keywords)

@@ -1,0 +1,189 @@
+"""Every fault of the proxy between the whole app and the CodaLab simulator, the local backend
+launching real (stand-in) worker processes.
+
+For each failing mode: the app stays up, nothing is launched on the failed
+view, each failed poll is counted and the outage is warned about once, and
+the first good poll after the fault ends launches.  A slow answer is no
+failure; a partial page never launches more than the whole queue asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import structlog
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.service.app import make_app
+from codalab_scaler.service.context import Context
+from codalab_scaler.simulator import CodaLabSimulator
+from tests.fault_proxy import FAILING, Fault, FaultProxy, ProxyFactory, fault_proxy, halve
+from tests.harness import started
+from tests.waiting import eventually
+
+__all__ = ["fault_proxy"]  # fixture
+
+PASSWORD = "pw-for-fault-tests"
+SLEEP = 0.2
+STAGED = 2
+
+
+@pytest.fixture
+def worker_script(tmp_path: Path) -> Iterator[Path]:
+    """A cl-worker stand-in that stays up; every one started is killed afterwards."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "fake-cl-worker"
+    script.write_text(f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 120\n')
+    script.chmod(0o755)
+    yield script
+    if pids.exists():
+        for pid in pids.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def fault_settings(server: str, tmp_path: Path, script: Path, **top: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "server": server,
+            "username": "codalab",
+            "password": PASSWORD,
+            "sleep_time": SLEEP,
+            "request_timeout_seconds": 0.5,
+            "retry_attempts": 2,
+            "retry_max_seconds": 1.5,  # room for the proxy's 1 s Retry-After, once
+            "retry_backoff_seconds": 0.01,
+            "retry_max_backoff_seconds": 0.02,
+            **top,
+            "pools": {
+                "p": {
+                    "min_workers": 0,
+                    "max_workers": 5,
+                    "min_seconds_between_workers": 0,
+                    "worker_executable": str(script),
+                    "backend": {"kind": "local", "state_dir": str(tmp_path / "state")},
+                }
+            },
+        }
+    )
+
+
+@dataclass
+class Rig:
+    ctx: Context
+    registry: CollectorRegistry
+    proxy: FaultProxy
+    sim: CodaLabSimulator
+    logs: list[MutableMapping[str, Any]]
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, {"pool": "p", **labels}) or 0.0
+
+    @property
+    def launched(self) -> float:
+        return self.sample("codalab_scaler_launches_total", outcome="launched")
+
+    @property
+    def bundle_errors(self) -> float:
+        return sum(
+            self.sample("codalab_scaler_poll_errors_total", source="bundles", kind=kind)
+            for kind in ("transient", "refused")
+        )
+
+    def events(self, name: str, **fields: Any) -> list[MutableMapping[str, Any]]:
+        return [
+            e
+            for e in self.logs
+            if e["event"] == name and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+
+@pytest_asyncio.fixture
+async def rig(tmp_path: Path, worker_script: Path, fault_proxy: ProxyFactory) -> AsyncIterator[Rig]:
+    """The app polling the simulator through a proxy whose faults hit the bundle search."""
+    sim = CodaLabSimulator(users={"codalab": PASSWORD})
+    await sim.start()
+    try:
+        proxy = await fault_proxy(
+            sim.url,
+            applies=lambda request: request.path == "/rest/bundles",
+            trim=halve("data"),
+        )
+        registry = CollectorRegistry()
+        app = make_app(fault_settings(proxy.url, tmp_path, worker_script), registry=registry)
+        with capture_logs() as logs:
+            async with started(app) as ctx:
+                rig = Rig(ctx, registry, proxy, sim, logs)
+                await eventually(
+                    lambda: bool(rig.events("scaler.decided")), "a first decision", within=10
+                )
+                yield rig
+                assert not ctx.fatal.is_set(), ctx.fatal.reason
+    finally:
+        await sim.stop()
+
+
+@pytest.mark.parametrize("fault", sorted(FAILING))
+async def test_a_failed_view_launches_nothing_and_recovers(rig: Rig, fault: Fault) -> None:
+    await rig.proxy.set(fault)
+    for _ in range(STAGED):
+        rig.sim.add_bundle(duration=600)  # staged behind the fault: the view cannot see them
+    await eventually(lambda: rig.bundle_errors >= 3, "three failed polls", within=20)
+    assert rig.launched == 0
+    assert not (rig.ctx.fatal.is_set())
+    failed = rig.events("poll.failed", source="bundles", log_level="warning")
+    assert len(failed) == 1, failed  # one warning per outage; each poll is counted
+
+    end = len(rig.logs)
+    await rig.proxy.clear()
+    structlog.get_logger().info("test.fault_ended")
+    await eventually(lambda: rig.launched == STAGED, "launches after the fault", within=10)
+    after = rig.logs[end:]
+    first_launch = next(i for i, e in enumerate(after) if e["event"] == "scaler.launched")
+    good_polls = [e for e in after[:first_launch] if e["event"] == "poll.recovered"]
+    assert len(good_polls) <= 1  # the first good bundle poll launched (within two intervals)
+    assert len(rig.events("poll.failed", source="bundles", log_level="warning")) == 1
+    warned = [e["event"] for e in rig.logs[:end] if e["log_level"] in {"warning", "error"}]
+    assert len(warned) == len(set(warned)), warned  # no warning repeats during the outage
+
+
+async def test_a_slow_answer_is_no_failure(rig: Rig) -> None:
+    await rig.proxy.set(Fault.SLOW)
+    for _ in range(STAGED):
+        rig.sim.add_bundle(duration=600)
+    await eventually(lambda: rig.launched == STAGED, "launches on slow answers", within=10)
+    assert rig.bundle_errors == 0
+    assert rig.proxy.faulted > 0
+
+
+async def test_a_partial_page_is_read_as_a_shorter_queue_never_a_longer_one(rig: Rig) -> None:
+    # Without a total in the answer a short page is the end of the results: the view
+    # undercounts (fewer launches), it never invents work.  Nothing fails.
+    await rig.proxy.set(Fault.PARTIAL_PAGE)
+    for _ in range(4):
+        rig.sim.add_bundle(duration=600)
+    await eventually(lambda: staged(rig) == 2, "the half page seen", within=10)
+    await rig.proxy.clear()
+    await eventually(lambda: staged(rig) == 4, "the whole queue once pages are whole", within=10)
+    assert rig.bundle_errors == 0
+    assert rig.launched <= 5  # never above max
+
+
+def staged(rig: Rig) -> int | None:
+    view = rig.ctx.state.snapshot.pools["p"].bundles.value
+    return None if view is None else len(view.staged)
+
+
+def test_every_fault_mode_is_tried() -> None:
+    tried = set(FAILING) | {Fault.SLOW, Fault.PARTIAL_PAGE}
+    assert tried == set(Fault)
