@@ -113,7 +113,6 @@ class FaultProxy:
         self.seen: list[tuple[float, str, str]] = []  # (loop time, method, path) of each request
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         self._http: aiohttp.ClientSession | None = None
         self.port = 0
 
@@ -122,23 +121,28 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._http = aiohttp.ClientSession(auto_decompress=False)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
         await self._listen()
 
     async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await self._site.start()
+        """Serve on ``port`` (a free one the first time)."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
         self.port = self._runner.addresses[-1][1]
+
+    async def _close(self) -> None:
+        """Stop listening and drop every open connection (kept-alive ones too)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def stop(self) -> None:
         self._released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._close()
         if self._http is not None:
             await self._http.close()
 
@@ -147,15 +151,14 @@ class FaultProxy:
         await self.clear()
         self._released = asyncio.Event()
         self.fault = fault
-        if fault is Fault.REFUSED and self._site is not None:
-            await self._site.stop()
-            self._site = None
+        if fault is Fault.REFUSED:
+            await self._close()
 
     async def clear(self) -> None:
         """Forward everything again; held requests are let go."""
         self.fault = None
         self._released.set()
-        if self._site is None and self._runner is not None:
+        if self._runner is None and self._http is not None:
             await self._listen()
 
     # -- answering ---------------------------------------------------------------------
