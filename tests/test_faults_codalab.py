@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,9 @@ from structlog.testing import capture_logs
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.service.app import make_app
-from codalab_scaler.service.context import Context
 from codalab_scaler.simulator import CodaLabSimulator
-from tests.fault_proxy import FAILING, Fault, FaultProxy, ProxyFactory, fault_proxy, halve
+from tests.fault_proxy import FAILING, Fault, ProxyFactory, fault_proxy, halve
+from tests.fault_rig import Rig
 from tests.harness import started
 from tests.waiting import eventually
 
@@ -78,36 +77,6 @@ def fault_settings(server: str, tmp_path: Path, script: Path, **top: Any) -> Set
     )
 
 
-@dataclass
-class Rig:
-    ctx: Context
-    registry: CollectorRegistry
-    proxy: FaultProxy
-    sim: CodaLabSimulator
-    logs: list[MutableMapping[str, Any]]
-
-    def sample(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, {"pool": "p", **labels}) or 0.0
-
-    @property
-    def launched(self) -> float:
-        return self.sample("codalab_scaler_launches_total", outcome="launched")
-
-    @property
-    def bundle_errors(self) -> float:
-        return sum(
-            self.sample("codalab_scaler_poll_errors_total", source="bundles", kind=kind)
-            for kind in ("transient", "refused")
-        )
-
-    def events(self, name: str, **fields: Any) -> list[MutableMapping[str, Any]]:
-        return [
-            e
-            for e in self.logs
-            if e["event"] == name and all(e.get(k) == v for k, v in fields.items())
-        ]
-
-
 @pytest_asyncio.fixture
 async def rig(tmp_path: Path, worker_script: Path, fault_proxy: ProxyFactory) -> AsyncIterator[Rig]:
     """The app polling the simulator through a proxy whose faults hit the bundle search."""
@@ -148,12 +117,9 @@ async def test_a_failed_view_launches_nothing_and_recovers(rig: Rig, fault: Faul
     await rig.proxy.clear()
     structlog.get_logger().info("test.fault_ended")
     await eventually(lambda: rig.launched == STAGED, "launches after the fault", within=10)
-    after = rig.logs[end:]
-    first_launch = next(i for i, e in enumerate(after) if e["event"] == "scaler.launched")
-    good_polls = [e for e in after[:first_launch] if e["event"] == "poll.recovered"]
-    assert len(good_polls) <= 1  # the first good bundle poll launched (within two intervals)
+    assert rig.launch_followed_recovery(end)  # the first good poll launched: within two intervals
     assert len(rig.events("poll.failed", source="bundles", log_level="warning")) == 1
-    warned = [e["event"] for e in rig.logs[:end] if e["log_level"] in {"warning", "error"}]
+    warned = rig.warned_once_each(end)
     assert len(warned) == len(set(warned)), warned  # no warning repeats during the outage
 
 
