@@ -108,6 +108,7 @@ class FaultProxy:
         self.applies = applies
         self.trim = trim
         self.fault: Fault | None = None
+        self._remaining: int | None = None
         self.faulted = 0  # requests answered with a fault
         self.forwarded = 0  # requests answered by the upstream
         self.seen: list[tuple[float, str, str]] = []  # (loop time, method, path) of each request
@@ -146,11 +147,12 @@ class FaultProxy:
         if self._http is not None:
             await self._http.close()
 
-    async def set(self, fault: Fault) -> None:
-        """Answer with ``fault`` from now on (replacing any other)."""
+    async def set(self, fault: Fault, times: int | None = None) -> None:
+        """Answer with ``fault`` from now on, or for the next ``times`` requests it applies to."""
         await self.clear()
         self._released = asyncio.Event()
         self.fault = fault
+        self._remaining = times
         if fault is Fault.REFUSED:
             await self._close()
 
@@ -169,6 +171,10 @@ class FaultProxy:
         if fault is None or not self.applies(request):
             return await self._forward(request)
         self.faulted += 1
+        if self._remaining is not None:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self.fault = None
         return await self._answer(fault, request)
 
     async def _answer(self, fault: Fault, request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ launch on a blind view would show as one job too many in moto's queue.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,19 @@ from structlog.testing import capture_logs
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.service.app import make_app
 from codalab_scaler.simulator import CodaLabSimulator
-from tests.fault_proxy import FAILING, Fault, ProxyFactory, fault_proxy, halve
+from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
+from codalab_scaler.sources.backends.base import WorkerCredentials
+from codalab_scaler.sources.retry import RetryPolicy, call_with_retry
+from tests.defaults import worker_options
+from tests.fault_proxy import (
+    FAILING,
+    RETRY_AFTER_SECONDS,
+    Fault,
+    ProxyFactory,
+    fault_proxy,
+    halve,
+)
 from tests.fault_rig import Rig
 from tests.harness import started
 from tests.moto_server import QUEUE, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
@@ -139,3 +152,22 @@ async def test_a_partial_listing_never_launches_a_worker_twice(rig: AwsRig) -> N
     await eventually(lambda: rig.proxy.faulted >= 10, "several partial listings", within=10)
     assert await rig.ours() == 4
     assert rig.launched == 4
+
+
+async def test_the_backend_waits_as_long_as_aws_asks(
+    moto: MotoBatch, fault_proxy: ProxyFactory
+) -> None:
+    proxy = await fault_proxy(moto.url, applies=lambda request: request.path == "/v1/listjobs")
+    settings = AwsBatchBackendSettings(
+        endpoint_url=proxy.url, job_queue=QUEUE, password_secret_arn=SECRET_ARN
+    )
+    backend = AwsBatchBackend("p", worker_options(), settings, WorkerCredentials("u", "pw"))
+    try:
+        await proxy.set(Fault.THROTTLED, times=1)
+        policy = RetryPolicy(max_attempts=3, max_seconds=10, initial_backoff=0.01, max_backoff=0.02)
+        assert await call_with_retry("backend", backend.list_jobs, policy) == []
+    finally:
+        await backend.aclose()
+    times = [at for at, _method, path in proxy.seen if path == "/v1/listjobs"]
+    assert len(times) == 10  # one call per status, twice
+    assert max(b - a for a, b in itertools.pairwise(sorted(times))) >= RETRY_AFTER_SECONDS

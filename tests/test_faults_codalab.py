@@ -25,9 +25,16 @@ from structlog.testing import capture_logs
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.service.app import make_app
 from codalab_scaler.simulator import CodaLabSimulator
-from tests.fault_proxy import FAILING, Fault, ProxyFactory, fault_proxy, halve
+from codalab_scaler.sources.retry import RetryPolicy
+from tests.fault_proxy import FAILING, RETRY_AFTER_SECONDS, Fault, ProxyFactory, fault_proxy, halve
 from tests.fault_rig import Rig
 from tests.harness import started
+from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
+    ClientFactory,
+    SimFactory,
+    client_factory_fixture,
+    sim_factory_fixture,
+)
 from tests.waiting import eventually
 
 __all__ = ["fault_proxy"]  # fixture
@@ -153,3 +160,17 @@ def staged(rig: Rig) -> int | None:
 def test_every_fault_mode_is_tried() -> None:
     tried = set(FAILING) | {Fault.SLOW, Fault.PARTIAL_PAGE}
     assert tried == set(Fault)
+
+
+async def test_the_client_waits_as_long_as_the_server_asks(
+    sim_factory: SimFactory, client_factory: ClientFactory, fault_proxy: ProxyFactory
+) -> None:
+    sim = await sim_factory()
+    proxy = await fault_proxy(sim.url, applies=lambda request: request.path == "/rest/bundles")
+    client = client_factory(proxy.url, retry=RetryPolicy(4, 10.0, 0.01, 0.02))
+    await client.login()
+    await proxy.set(Fault.THROTTLED, times=1)
+    await client.fetch_staged(["state=staged"])
+    searches = [at for at, _method, path in proxy.seen if path == "/rest/bundles"]
+    assert len(searches) == 2
+    assert searches[1] - searches[0] >= RETRY_AFTER_SECONDS  # not the 0.01 s backoff

@@ -262,7 +262,11 @@ async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
     failures = [e for e in logs if e["event"] == "poll.failed" and e["source"] == "jobs"]
     assert failures
     assert failures[0]["kind"] == "transient"
+    assert [e["log_level"] for e in failures].count("warning") == 1  # once per outage
+    errors = s.sample("codalab_scaler_poll_errors_total", pool="p", source="jobs", kind="transient")
+    assert errors == 2  # yet every failed poll is counted
     assert s.sample("codalab_scaler_launches_total", pool="p", outcome="launched") == 1
+    assert not s.ctx.fatal.is_set()
 
     slurm.start_controller()
 
