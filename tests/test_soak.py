@@ -1,0 +1,20 @@
+"""A short soak (benchmarks/soak.py has the long one): random faults, virtual time, no leaks."""
+
+from __future__ import annotations
+
+from benchmarks.soak import run
+from tests.fault_proxy import Fault
+
+
+def test_passes_with_random_faults_leak_no_memory_tasks_fds_or_sockets() -> None:
+    # run() makes its own looptime loop: a synchronous test, outside pytest-asyncio's loop.
+    result = run(passes=400, seed=14, warmup=150)
+    assert result["fatal"] is None
+    assert set(result["faults_tried"]) == {fault.value for fault in Fault}
+    assert result["poll_errors"]["bundles"] > 0
+    assert result["poll_errors"]["jobs"] > 0
+    assert result["launches"] > 0
+    assert result["memory_growth_percent"] <= 5
+    assert result["tasks_after"] <= result["tasks_before"]
+    assert result["fds_after"] <= result["fds_before"]
+    assert result["sockets_after"] <= result["sockets_before"]
