@@ -42,6 +42,7 @@ __all__ = ["fault_proxy"]  # fixture
 PASSWORD = "pw-for-fault-tests"
 SLEEP = 0.2
 STAGED = 2
+MAX_WORKERS = 20  # far above what a test reaches: launches go on, one a pass
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def fault_settings(server: str, tmp_path: Path, script: Path, **top: Any) -> Set
             "pools": {
                 "p": {
                     "min_workers": 0,
-                    "max_workers": 5,
+                    "max_workers": MAX_WORKERS,
                     "min_seconds_between_workers": 0,
                     "worker_executable": str(script),
                     "backend": {"kind": "local", "state_dir": str(tmp_path / "state")},
@@ -111,19 +112,24 @@ async def rig(tmp_path: Path, worker_script: Path, fault_proxy: ProxyFactory) ->
 
 @pytest.mark.parametrize("fault", sorted(FAILING))
 async def test_a_failed_view_launches_nothing_and_recovers(rig: Rig, fault: Fault) -> None:
-    await rig.proxy.set(fault)
+    # Staged work and room below max: the last good view keeps asking for one launch a
+    # pass (active workers never cover staged), so any launch on the failed view would show.
     for _ in range(STAGED):
-        rig.sim.add_bundle(duration=600)  # staged behind the fault: the view cannot see them
-    await eventually(lambda: rig.bundle_errors >= 3, "three failed polls", within=20)
-    assert rig.launched == 0
-    assert not (rig.ctx.fatal.is_set())
+        rig.sim.add_bundle(duration=600)
+    await eventually(lambda: rig.launched >= 1, "a first launch", within=10)
+    await rig.proxy.set(fault)
+    await eventually(lambda: rig.bundle_errors >= 2, "two failed polls", within=20)
+    blind = rig.launched  # a pass that began before the first failure has finished by now
+    await eventually(lambda: rig.bundle_errors >= 4, "two more failed polls", within=20)
+    assert rig.launched == blind < MAX_WORKERS
+    assert not rig.ctx.fatal.is_set()
     failed = rig.events("poll.failed", source="bundles", log_level="warning")
     assert len(failed) == 1, failed  # one warning per outage; each poll is counted
 
     end = len(rig.logs)
     await rig.proxy.clear()
     structlog.get_logger().info("test.fault_ended")
-    await eventually(lambda: rig.launched == STAGED, "launches after the fault", within=10)
+    await eventually(lambda: rig.launched > blind, "launches after the fault", within=10)
     assert rig.launch_followed_recovery(end)  # the first good poll launched: within two intervals
     assert len(rig.events("poll.failed", source="bundles", log_level="warning")) == 1
     warned = rig.warned_once_each(end)
@@ -134,7 +140,7 @@ async def test_a_slow_answer_is_no_failure(rig: Rig) -> None:
     await rig.proxy.set(Fault.SLOW)
     for _ in range(STAGED):
         rig.sim.add_bundle(duration=600)
-    await eventually(lambda: rig.launched == STAGED, "launches on slow answers", within=10)
+    await eventually(lambda: rig.launched >= STAGED, "launches on slow answers", within=10)
     assert rig.bundle_errors == 0
     assert rig.proxy.faulted > 0
 
@@ -149,7 +155,7 @@ async def test_a_partial_page_is_read_as_a_shorter_queue_never_a_longer_one(rig:
     await rig.proxy.clear()
     await eventually(lambda: staged(rig) == 4, "the whole queue once pages are whole", within=10)
     assert rig.bundle_errors == 0
-    assert rig.launched <= 5  # never above max
+    assert rig.launched <= MAX_WORKERS
 
 
 def staged(rig: Rig) -> int | None:
