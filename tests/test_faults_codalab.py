@@ -29,6 +29,7 @@ from codalab_scaler.sources.retry import RetryPolicy
 from tests.fault_proxy import FAILING, RETRY_AFTER_SECONDS, Fault, ProxyFactory, fault_proxy, halve
 from tests.fault_rig import Rig
 from tests.harness import started
+from tests.scaler_process import Launcher, creds, launcher, scrape
 from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures by name
     ClientFactory,
     SimFactory,
@@ -37,7 +38,7 @@ from tests.simulator_fixtures import (  # noqa: F401 - pytest finds the fixtures
 )
 from tests.waiting import eventually
 
-__all__ = ["fault_proxy"]  # fixture
+__all__ = ["fault_proxy", "launcher"]  # fixtures
 
 PASSWORD = "pw-for-fault-tests"
 SLEEP = 0.2
@@ -180,3 +181,60 @@ async def test_the_client_waits_as_long_as_the_server_asks(
     searches = [at for at, _method, path in proxy.seen if path == "/rest/bundles"]
     assert len(searches) == 2
     assert searches[1] - searches[0] >= RETRY_AFTER_SECONDS  # not the 0.01 s backoff
+
+
+# -- the executable itself: still up after an outage, counted, warned once, launching -------
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("fault", [Fault.REFUSED, Fault.ERROR_503, Fault.HTML_200])
+async def test_the_executable_stays_up_through_an_outage_and_launches_after_it(
+    tmp_path: Path,
+    worker_script: Path,
+    fault_proxy: ProxyFactory,
+    launcher: Launcher,
+    fault: Fault,
+) -> None:
+    sim = CodaLabSimulator(users={"codalab": PASSWORD})
+    await sim.start()
+    try:
+        proxy = await fault_proxy(sim.url, applies=lambda r: r.path == "/rest/bundles")
+        scaler = await launcher(
+            "--server", proxy.url, "--sleep-time", str(SLEEP), "--min-workers", "0",
+            "--max-workers", "2", "--min-seconds-between-workers", "0",
+            "--worker-executable", str(worker_script), "--request-timeout-seconds", "0.5",
+            "--http-host", "127.0.0.1", "--http-port", "0",
+            "local", "--state-dir", str(tmp_path / "state"),
+            env={**creds(PASSWORD), "CODALAB_SCALER_RETRY_MAX_SECONDS": "1",
+                 "CODALAB_SCALER_RETRY_BACKOFF_SECONDS": "0.01"},
+        )  # fmt: skip
+        port = (await scaler.event("http.listening", within=20))["port"]
+        await scaler.event("scaler.decided", within=20)
+        await proxy.set(fault)
+        for _ in range(2):
+            sim.add_bundle(duration=600)
+
+        async def errors() -> float:
+            _, text = await scrape(port)
+            for line in text.splitlines():
+                if line.startswith("codalab_scaler_poll_errors_total{") and '"bundles"' in line:
+                    return float(line.split()[-1])
+            return 0.0
+
+        async def three_failed_polls() -> bool:
+            return await errors() >= 3
+
+        await eventually(three_failed_polls, "three failed polls", within=20, interval=0.1)
+        assert scaler.proc.returncode is None  # still up
+        assert not any(line.get("event") == "scaler.launched" for line in scaler.lines)
+        await proxy.clear()
+        await scaler.event("scaler.launched", within=10)
+        warned = [
+            line for line in scaler.lines
+            if line.get("event") == "poll.failed" and line.get("level") == "warning"
+        ]  # fmt: skip
+        assert len(warned) == 1
+        scaler.proc.send_signal(signal.SIGTERM)
+        assert await scaler.exit_code() == 0
+    finally:
+        await sim.stop()
