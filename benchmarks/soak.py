@@ -101,24 +101,34 @@ class ChurnBackend:
 
 @dataclass(frozen=True)
 class Sample:
-    traced_bytes: int
+    memory: tracemalloc.Snapshot
     tasks: int
     fds: int
     sockets: int
 
 
-# Allocations of the peers sharing the process (the simulator's token store, the proxy).
-PEERS = (
-    tracemalloc.Filter(inclusive=False, filename_pattern="*/codalab_scaler/simulator/*"),
-    tracemalloc.Filter(inclusive=False, filename_pattern="*/secrets.py"),  # the simulator's tokens
-    tracemalloc.Filter(inclusive=False, filename_pattern="*/tests/fault_proxy.py"),
+# Allocations made on behalf of the peers sharing the process (the simulator's token
+# store, the proxy's own client) or of the measuring: anywhere in the call stack.
+PEERS = tuple(
+    tracemalloc.Filter(inclusive=False, filename_pattern=pattern, all_frames=True)
+    for pattern in ("*/codalab_scaler/simulator/*", "*/tests/fault_proxy.py", "*/tracemalloc.py")
 )
+FRAMES = 8  # enough to reach a peer's frame above aiohttp's and yarl's (deeper is slower)
+CHECKPOINTS = 10  # memory samples along the run, to tell a plateau from a leak
 
 
-def scaler_bytes() -> int:
-    """Traced memory, less what the in-process peers hold."""
-    snapshot = tracemalloc.take_snapshot().filter_traces(PEERS)
+def scaler_memory() -> tracemalloc.Snapshot:
+    """Traced memory, less what the in-process peers and the measuring itself hold."""
+    return tracemalloc.take_snapshot().filter_traces(PEERS)
+
+
+def total(snapshot: tracemalloc.Snapshot) -> int:
     return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+def largest_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[str]:
+    """The five source lines whose allocations grew most: where to look if the soak fails."""
+    return [str(stat) for stat in after.compare_to(before, "lineno")[:5] if stat.size_diff > 0]
 
 
 def sample() -> Sample:
@@ -130,7 +140,7 @@ def sample() -> Sample:
             sockets += str(fd.readlink()).startswith("socket:")
         except OSError:
             continue  # the listing's own fd, closed by now
-    return Sample(scaler_bytes(), len(asyncio.all_tasks()), len(fds), sockets)
+    return Sample(scaler_memory(), len(asyncio.all_tasks()), len(fds), sockets)
 
 
 def settings(server: str) -> Settings:
@@ -173,9 +183,13 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
         async with AsyncExitStack() as stack:
             ctx = await open_context(stack, parts, login=False)
             pool = ctx.pools["p"]
+            curve: dict[int, int] = {}
             for done in range(passes):
                 if done == warmup:
                     before = sample()
+                if done % max(1, passes // CHECKPOINTS) == 0:
+                    gc.collect()
+                    curve[done] = total(scaler_memory())
                 fault = rng.choice(faults) if rng.random() < FAULT_RATE else None
                 if fault is not None:
                     tried[fault.value] += 1
@@ -209,7 +223,8 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
     finally:
         await proxy.stop()
         await sim.stop()
-    growth = (after.traced_bytes - before.traced_bytes) / before.traced_bytes
+    memory_before, memory_after = total(before.memory), total(after.memory)
+    growth = (memory_after - memory_before) / memory_before
     return {
         "passes": passes,
         "seed": seed,
@@ -220,9 +235,11 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
         "poll_errors": errors,
         "launches": launched,
         "fatal": fatal,
-        "memory_bytes_before": before.traced_bytes,
-        "memory_bytes_after": after.traced_bytes,
+        "memory_bytes_before": memory_before,
+        "memory_bytes_after": memory_after,
         "memory_growth_percent": round(100 * growth, 2),
+        "memory_bytes_by_pass": curve,
+        "largest_growth": largest_growth(before.memory, after.memory),
         "tasks_before": before.tasks,
         "tasks_after": after.tasks,
         "fds_before": before.fds,
@@ -235,7 +252,7 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
 def run(passes: int, seed: int, warmup: int) -> dict[str, Any]:
     """``soak`` on a fresh looptime loop, logs processed but discarded, memory traced."""
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    tracemalloc.start()
+    tracemalloc.start(FRAMES)
     loop = looptime.new_event_loop(start=0, _enabled=True)
     try:
         return loop.run_until_complete(soak(passes, seed, warmup))
