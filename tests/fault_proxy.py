@@ -114,6 +114,7 @@ class FaultProxy:
         self.seen: list[tuple[float, str, str]] = []  # (loop time, method, path) of each request
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._http: aiohttp.ClientSession | None = None
         self.port = 0
 
@@ -123,27 +124,34 @@ class FaultProxy:
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(auto_decompress=False)
-        await self._listen()
-
-    async def _listen(self) -> None:
-        """Serve on ``port`` (a free one the first time)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Serve on ``port`` (a free one the first time)."""
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await self._site.start()
         self.port = self._runner.addresses[-1][1]
 
     async def _close(self) -> None:
         """Stop listening and drop every open connection (kept-alive ones too)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()
+        server = None if self._runner is None else self._runner.server
+        for connection in [] if server is None else list(server.connections):
+            connection.force_close()
 
     async def stop(self) -> None:
         self._released.set()
         await self._close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
         if self._http is not None:
             await self._http.close()
 
@@ -160,7 +168,7 @@ class FaultProxy:
         """Forward everything again; held requests are let go."""
         self.fault = None
         self._released.set()
-        if self._runner is None and self._http is not None:
+        if self._site is None and self._runner is not None:
             await self._listen()
 
     # -- answering ---------------------------------------------------------------------
