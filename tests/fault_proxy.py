@@ -110,7 +110,8 @@ class FaultProxy:
         self.fault: Fault | None = None
         self._remaining: int | None = None
         self.faulted = 0  # requests answered with a fault
-        self.forwarded = 0  # requests answered by the upstream
+        self.forwarded = 0  # requests the upstream has answered
+        self.answered: list[str] = []  # their paths, in order
         self.seen: list[tuple[float, str, str]] = []  # (loop time, method, path) of each request
         self._released = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -211,8 +212,9 @@ class FaultProxy:
         return response
 
     async def _forward(self, request: web.Request, *, trim: bool = False) -> web.Response:
-        self.forwarded += 1
         status, headers, body = await self._upstream(request)
+        self.forwarded += 1
+        self.answered.append(request.path)
         if trim:
             try:
                 trimmed = self.trim(json.loads(body))

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from codalab_scaler.simulator import CodaLabSimulator
+from tests.fault_proxy import SLOW_SECONDS, Fault, ProxyFactory, fault_proxy
 from tests.moto_server import QUEUE, SECRET_ARN, MotoBatch, aws_env, moto, moto_server
 from tests.scaler_process import Launcher, Running, creds, launcher, sim
+from tests.waiting import eventually
 
-__all__ = ["aws_env", "launcher", "moto", "moto_server", "sim"]  # fixtures
+__all__ = ["aws_env", "fault_proxy", "launcher", "moto", "moto_server", "sim"]  # fixtures
 
 pytestmark = pytest.mark.process
 
@@ -92,11 +94,11 @@ async def test_local_workers_survive_a_stop_mid_burst_and_are_never_launched_twi
     assert len(relaunched) == 4 - started_by_first  # the second counted the first's workers
 
 
-def aws_args(sim: CodaLabSimulator, moto: MotoBatch) -> list[str]:
+def aws_args(sim: CodaLabSimulator, moto: MotoBatch, endpoint: str | None = None) -> list[str]:
     return [
         "--server", sim.url, "--sleep-time", SLEEP, "--min-workers", "0", "--max-workers", "6",
         "--min-seconds-between-workers", "0", "--http-host", "127.0.0.1", "--http-port", "0",
-        "aws-batch", "--endpoint-url", moto.url, "--job-queue", QUEUE,
+        "aws-batch", "--endpoint-url", endpoint or moto.url, "--job-queue", QUEUE,
         "--password-secret-arn", SECRET_ARN,
     ]  # fmt: skip
 
@@ -128,3 +130,40 @@ async def test_batch_jobs_survive_a_stop_mid_burst_and_are_never_submitted_twice
     assert len(set(jobs)) == 4  # job names carry the worker id: none submitted twice
     relaunched = [e for e in second.lines if e.get("event") == "scaler.launched"]
     assert len(relaunched) == 4 - submitted_by_first
+
+
+@pytest.mark.parametrize("how", STOPS, ids=lambda s: s.name)
+async def test_a_stop_while_a_submit_is_on_the_wire_leaves_no_half_job(
+    sim: CodaLabSimulator,
+    moto: MotoBatch,
+    launcher: Launcher,
+    fault_proxy: ProxyFactory,
+    how: signal.Signals,
+) -> None:
+    # Every SubmitJob is held 0.3 s by the proxy: the signal lands while one is in flight.
+    proxy = await fault_proxy(moto.url, applies=lambda request: request.path == "/v1/submitjob")
+    await proxy.set(Fault.SLOW)
+    for _ in range(4):
+        sim.add_bundle(duration=600)
+    first = await launcher(*aws_args(sim, moto, endpoint=proxy.url), env=creds())
+
+    def submitting() -> bool:
+        return any(path == "/v1/submitjob" for _at, _method, path in proxy.seen)
+
+    await eventually(submitting, "a submit on the wire", within=20, interval=0.01)
+    await stop(first, how)
+    await asyncio.sleep(3 * SLOW_SECONDS)  # the held submit lands, or dies with its connection
+    left = await our_jobs(moto)
+    submitted = [e for e in first.lines if e.get("event") == "aws_batch.job_submitted"]
+    if how is signal.SIGTERM:
+        assert len(left) == len(submitted) >= 1  # the launch in progress finished, and was told
+    else:
+        assert len(submitted) <= len(left) <= len(submitted) + 1  # made it, or does not exist
+
+    second = await launcher(*aws_args(sim, moto), env=creds())
+    await second.event("scaler.decided", within=20, reason="pending_covers_staged", pending=4)
+    await stop(second, signal.SIGTERM)
+    jobs = await our_jobs(moto)
+    assert len(jobs) == len(set(jobs)) == 4  # the job of the cut-short launch counted, not redone
+    relaunched = [e for e in second.lines if e.get("event") == "scaler.launched"]
+    assert len(relaunched) == 4 - len(left)
