@@ -178,23 +178,25 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
         registry=registry,
         overrides=Overrides(backends={"p": backend}),
     )
-    before = after = sample()
+    before = after = sample()  # replaced after the warm-up and at the end
     try:
         async with AsyncExitStack() as stack:
             ctx = await open_context(stack, parts, login=False)
             pool = ctx.pools["p"]
             curve: dict[int, int] = {}
-            for done in range(passes):
-                if done == warmup:
-                    before = sample()
-                if done % max(1, passes // CHECKPOINTS) == 0:
-                    gc.collect()
-                    curve[done] = total(scaler_memory())
-                fault = rng.choice(faults) if rng.random() < FAULT_RATE else None
-                if fault is not None:
+            every = max(1, passes // CHECKPOINTS)
+            for done in range(1, passes + 1):
+                # A pass just before a measurement runs without faults, so each sample
+                # sees the same steady state (a pooled connection, no outage in progress).
+                measuring = done in (warmup, passes) or done % every == 0
+                fault = None
+                if rng.random() < FAULT_RATE and not measuring:
+                    fault = rng.choice(faults)
                     tried[fault.value] += 1
                     await proxy.set(fault)
                 backend.churn()
+                if measuring:
+                    backend.error = None
                 await poll_bundles(ctx, pool)
                 await poll_jobs(ctx, pool)
                 await scale_pool(ctx, pool)
@@ -204,7 +206,12 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
                 sim.requests.clear()
                 proxy.seen.clear()
                 await asyncio.sleep(SLEEP)
-            after = sample()
+                if done == warmup:
+                    before = sample()
+                if done == passes:
+                    after = sample()
+                if done % every == 0:
+                    curve[done] = total(sample().memory)
             errors = {
                 source: sum(
                     registry.get_sample_value(
