@@ -156,6 +156,16 @@ def settings(server: str) -> Settings:
     )  # fmt: skip
 
 
+def poll_errors(registry: CollectorRegistry, source: str) -> float:
+    return sum(
+        registry.get_sample_value(
+            "codalab_scaler_poll_errors_total", {"pool": "p", "source": source, "kind": kind}
+        )
+        or 0.0
+        for kind in ("transient", "refused")
+    )
+
+
 async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
     """Run ``passes`` passes (the first ``warmup`` before the first sample); the figures."""
     rng = random.Random(seed)  # reproducible fault schedule
@@ -212,17 +222,7 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
                     after = sample()
                 if done % every == 0:
                     curve[done] = total(sample().memory)
-            errors = {
-                source: sum(
-                    registry.get_sample_value(
-                        "codalab_scaler_poll_errors_total",
-                        {"pool": "p", "source": source, "kind": kind},
-                    )
-                    or 0.0
-                    for kind in ("transient", "refused")
-                )
-                for source in ("bundles", "jobs")
-            }
+            errors = {source: poll_errors(registry, source) for source in ("bundles", "jobs")}
             launched = registry.get_sample_value(
                 "codalab_scaler_launches_total", {"pool": "p", "outcome": "launched"}
             )
