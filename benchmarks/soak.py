@@ -44,6 +44,7 @@ from benchmarks.report import write_report
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import RefusedError, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
+from codalab_scaler.service.context import Context, PoolRuntime
 from codalab_scaler.service.observe import poll_bundles, poll_jobs
 from codalab_scaler.service.scale import scale_pool
 from codalab_scaler.service.wiring import Overrides, assemble, open_context
@@ -166,6 +167,23 @@ def poll_errors(registry: CollectorRegistry, source: str) -> float:
     )
 
 
+async def one_pass(
+    ctx: Context, pool: PoolRuntime, sim: CodaLabSimulator, proxy: FaultProxy, fault: Fault | None
+) -> None:
+    """Poll, decide and launch as the loops do, under ``fault``; then sleep ``SLEEP``."""
+    if fault is not None:
+        await proxy.set(fault)
+    await poll_bundles(ctx, pool)
+    await poll_jobs(ctx, pool)
+    await scale_pool(ctx, pool)
+    if fault is not None:
+        await proxy.clear()
+    # The peers' own request logs are not the scaler's memory.
+    sim.requests.clear()
+    proxy.seen.clear()
+    await asyncio.sleep(SLEEP)
+
+
 async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
     """Run ``passes`` passes (the first ``warmup`` before the first sample); the figures."""
     rng = random.Random(seed)  # reproducible fault schedule
@@ -199,23 +217,14 @@ async def soak(passes: int, seed: int, warmup: int) -> dict[str, Any]:
                 # A pass just before a measurement runs without faults, so each sample
                 # sees the same steady state (a pooled connection, no outage in progress).
                 measuring = done in (warmup, passes) or done % every == 0
-                fault = None
+                fault: Fault | None = None
                 if rng.random() < FAULT_RATE and not measuring:
                     fault = rng.choice(faults)
                     tried[fault.value] += 1
-                    await proxy.set(fault)
                 backend.churn()
                 if measuring:
                     backend.error = None
-                await poll_bundles(ctx, pool)
-                await poll_jobs(ctx, pool)
-                await scale_pool(ctx, pool)
-                if fault is not None:
-                    await proxy.clear()
-                # The peers' own request logs are not the scaler's memory.
-                sim.requests.clear()
-                proxy.seen.clear()
-                await asyncio.sleep(SLEEP)
+                await one_pass(ctx, pool, sim, proxy, fault)
                 if done == warmup:
                     before = sample()
                 if done == passes:
