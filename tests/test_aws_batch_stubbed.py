@@ -177,6 +177,17 @@ def test_errors_are_transient_or_refused(error: Exception, kind: type[Exception]
         raise error
 
 
+@pytest.mark.parametrize(("headers", "pause"), [({"retry-after": "7"}, 7.0), ({}, None)])
+def test_a_pause_aws_asks_for_travels_with_the_error(
+    headers: dict[str, str], pause: float | None
+) -> None:
+    error = client_error("TooManyRequestsException", 429)
+    error.response["ResponseMetadata"]["HTTPHeaders"] = headers
+    with pytest.raises(TransientError) as raised, translate("list_jobs"):
+        raise error
+    assert raised.value.retry_after == pause
+
+
 def test_anything_else_is_a_bug_and_propagates() -> None:
     with pytest.raises(KeyError), translate("list_jobs"):
         raise KeyError("jobSummaryList")

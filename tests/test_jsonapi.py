@@ -141,3 +141,10 @@ def test_a_document_of_the_wrong_shape_is_a_transient_error(doc: object) -> None
 
 def test_empty_document() -> None:
     assert parse_bundles({"data": [], "included": []}) == ParsedBundles()
+
+
+def test_a_memory_request_too_big_for_any_machine_is_a_malformed_bundle() -> None:
+    # 1e308 is a finite float; times 1024**5 it is not: an OverflowError escaped the poll.
+    resource = {"id": "u", "attributes": {"uuid": "u", "metadata": {"request_memory": "1e308p"}}}
+    parsed = parse_bundles({"data": [resource]})
+    assert parsed.malformed == (MalformedBundle("u", "request_memory is not a size"),)

@@ -262,7 +262,11 @@ async def test_controller_down_gives_a_stale_view_and_no_launch_then_recovers(
     failures = [e for e in logs if e["event"] == "poll.failed" and e["source"] == "jobs"]
     assert failures
     assert failures[0]["kind"] == "transient"
+    assert [e["log_level"] for e in failures].count("warning") == 1  # once per outage
+    errors = s.sample("codalab_scaler_poll_errors_total", pool="p", source="jobs", kind="transient")
+    assert errors == 2  # yet every failed poll is counted
     assert s.sample("codalab_scaler_launches_total", pool="p", outcome="launched") == 1
+    assert not s.ctx.fatal.is_set()
 
     slurm.start_controller()
 
@@ -328,3 +332,46 @@ async def test_executable_scales_slurm_workers_for_staged_bundles(
     scaler.proc.send_signal(signal.SIGTERM)
     assert await scaler.exit_code(within=15) == 0
     assert PASSWORD not in "\n".join(scaler.raw) + metrics
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+async def test_jobs_survive_a_stop_mid_burst_and_are_never_submitted_twice(
+    slurm: SlurmCluster,
+    tmp_path: Path,
+    sim_factory: SimFactory,
+    launcher: Launcher,
+    how: signal.Signals,
+) -> None:
+    sim = await sim_factory(users={"codalab": PASSWORD})
+    for _ in range(3):
+        sim.add_bundle(duration=600)
+    job_name = f"rs{uuid.uuid4().hex[:6]}"
+    args = [
+        "--server", sim.url, "--sleep-time", "0.3",
+        "--min-workers", "0", "--max-workers", "2", "--min-seconds-between-workers", "0",
+        "--no-prefilter", "--worker-executable", str(worker_executable(tmp_path, "exec sleep 120")),
+        "--http-host", "127.0.0.1", "--http-port", "0", "--log-format", "json",
+        "slurm-batch", "--partition", slurm.partition, "--gpus", "0", "--memory-mb", "100",
+        "--job-name", job_name, "--slurm-work-dir", str(tmp_path / "slurm"),
+    ]  # fmt: skip
+
+    def ours() -> list[str]:
+        return [name for _, name in slurm.jobs().values() if f"-{job_name}-" in f"-{name}"]
+
+    first = await launcher(*args, base=slurm.env, env=creds(PASSWORD))
+    await first.event("scaler.launched", within=30)
+    first.proc.send_signal(how)
+    assert await first.exit_code(within=20) == (-signal.SIGKILL if how is signal.SIGKILL else 0)
+    submitted_by_first = len(ours())  # an sbatch cut short either made its job or not
+    assert 1 <= submitted_by_first <= 2
+
+    second = await launcher(*args, base=slurm.env, env=creds(PASSWORD))
+    await second.event("scaler.decided", within=30, reason="at_max")
+    second.proc.send_signal(signal.SIGTERM)
+    assert await second.exit_code(within=20) == 0
+    jobs = ours()
+    assert len(jobs) == 2  # never above max, across both instances
+    assert len(set(jobs)) == 2  # job names carry the worker id: none submitted twice
+    relaunched = [e for e in second.lines if e.get("event") == "scaler.launched"]
+    assert len(relaunched) == 2 - submitted_by_first

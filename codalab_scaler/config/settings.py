@@ -288,7 +288,8 @@ class Settings(StrictModel):
     retry_max_seconds: PositiveFloat = Field(
         default=30,
         description="Total seconds one call may spend retrying. 30: a few polls' worth; "
-        "past it the view is marked stale and the next poll tries again.",
+        "past it the view is marked stale and the next poll tries again. A wait that "
+        "would end past it (a long Retry-After) gives up at once instead.",
     )
     retry_backoff_seconds: PositiveFloat = Field(
         default=0.5,

@@ -26,6 +26,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise ValueError(f"not a size: {text!r}") from None
-    if value < 0 or math.isnan(value) or math.isinf(value):
+    total = value * _UNITS[unit]  # finite numbers times a unit can still overflow
+    if value < 0 or math.isnan(total) or math.isinf(total):
         raise ValueError(f"not a size: {text!r}")
-    return int(value * _UNITS[unit])
+    return int(total)

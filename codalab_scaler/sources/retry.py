@@ -1,29 +1,33 @@
 """Bounded, jittered, counted retries of transient errors (tenacity).
 
-Only ``TransientError`` is retried: never a bare ``Exception``.  A peer's
-``Retry-After`` (``TransientError.retry_after``) is honoured: the next try
-waits at least that long, and when that would pass ``max_seconds`` the
-error propagates at once instead.  Each retry calls ``on_retry(source)``
-so the caller can count it in a metric without this module knowing about
-Prometheus.
+Only ``TransientError`` is retried: never a bare ``Exception``.  Each retry
+calls ``on_retry(source)`` so the caller can count it in a metric without
+this module knowing about Prometheus.
+
+A peer that asks for a pause (``Retry-After`` on a 429 or 503, carried as
+``TransientError.retry_after``) gets at least that pause before the next
+attempt.  Every wait stays inside the policy's time budget: when the next
+wait would end past ``max_seconds`` the last error propagates at once
+instead (the view goes stale and the next poll asks again).  Time is read
+from the event loop's clock, so virtual-time tests see the real schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
     wait_exponential,
     wait_random,
 )
-from tenacity.stop import stop_base
 
 from codalab_scaler.core.errors import TransientError
 
@@ -45,6 +49,33 @@ class RetryPolicy:
     max_backoff: float
 
 
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or HTTP-date); None if unusable.
+
+    A date in the past is 0; anything that is neither form is ignored.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _asked_pause(state: RetryCallState) -> float:
+    """The pause the failed attempt's peer asked for, 0 if none."""
+    exc = None if state.outcome is None else state.outcome.exception()
+    if isinstance(exc, TransientError) and exc.retry_after is not None:
+        return exc.retry_after
+    return 0.0
+
+
 async def call_with_retry(
     source: str,
     fn: Callable[[], Awaitable[T]],
@@ -53,8 +84,22 @@ async def call_with_retry(
 ) -> T:
     """Await ``fn()``; on ``TransientError`` wait and try again within ``policy``.
 
-    The last error propagates when attempts or time run out.
+    The last error propagates when attempts run out, or when the next wait
+    (backoff, or the peer's ``Retry-After`` if longer) would end past the budget.
     """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    backoff = wait_exponential(
+        multiplier=policy.initial_backoff, max=policy.max_backoff
+    ) + wait_random(0, policy.initial_backoff)
+
+    def wait(state: RetryCallState) -> float:
+        return max(backoff(state), _asked_pause(state))
+
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        return loop.time() - started + state.upcoming_sleep > policy.max_seconds
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None and state.outcome is not None:
@@ -62,26 +107,9 @@ async def call_with_retry(
             if exc is not None:
                 on_retry(source, exc)
 
-    backoff = wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff) + (
-        wait_random(0, policy.initial_backoff)
-    )
-
-    def wait(state: RetryCallState) -> float:
-        return max(backoff(state), _retry_after(state) or 0.0)
-
-    class PastBudget(stop_base):
-        """The peer asks for a wait longer than the time left."""
-
-        def __call__(self, state: RetryCallState) -> bool:
-            hint = _retry_after(state)
-            elapsed = state.seconds_since_start or 0.0
-            return hint is not None and elapsed + hint > policy.max_seconds
-
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(policy.max_attempts)
-        | stop_after_delay(policy.max_seconds)
-        | PastBudget(),
+        stop=stop,
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,
@@ -90,9 +118,3 @@ async def call_with_retry(
         with attempt:
             return await fn()
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
-
-
-def _retry_after(state: RetryCallState) -> float | None:
-    """The peer's ``Retry-After`` hint carried by the last failure, if any."""
-    exc = None if state.outcome is None else state.outcome.exception()
-    return exc.retry_after if isinstance(exc, TransientError) else None

@@ -3,8 +3,9 @@
 Wire rules follow ``codalab-rest-contract.md``.  Every request carries
 ``X-Requested-With: XMLHttpRequest`` (without it an auth failure is a 303 to
 the login page, not a 401).  Every request goes through ``call_with_retry``:
-connection errors, timeouts, 5xx and 429 are ``TransientError`` and retried;
-other 4xx are ``RefusedError`` and are not.
+connection errors, timeouts, 5xx and 429 are ``TransientError`` and retried
+(after at least the pause a ``Retry-After`` header asks for, within the
+retry budget); other 4xx are ``RefusedError`` and are not.
 
 The expired-token trap: ``GET /rest/bundles`` with a bad token answers 200
 as the anonymous user (``data: []`` with ``.mine``).  So after the pages are
@@ -46,7 +47,12 @@ from codalab_scaler.sources.codalab.jsonapi import (
     ParsedBundles,
     parse_bundles,
 )
-from codalab_scaler.sources.retry import RetryHook, RetryPolicy, call_with_retry
+from codalab_scaler.sources.retry import (
+    RetryHook,
+    RetryPolicy,
+    call_with_retry,
+    parse_retry_after,
+)
 
 log = structlog.get_logger()
 
@@ -140,6 +146,8 @@ class CodaLabClient:
         self._malformed_seen: dict[tuple[str, ...], set[tuple[str | None, str]]] = {}
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
+        # Tokens rejected since the last good fetch: past the first, an outage, not news.
+        self._rejections = 0
 
     @property
     def username(self) -> str:
@@ -237,9 +245,12 @@ class CodaLabClient:
                 parsed, pages = await self._fetch_pages(keywords, token)
                 await self._get_json("/rest/workers/info", token)
             except TokenRejected:
-                log.warning("codalab.token_rejected", username=self.username, attempt=attempt)
+                emit = log.warning if self._rejections == 0 else log.debug
+                self._rejections += 1
+                emit("codalab.token_rejected", username=self.username, attempt=attempt)
                 await self._forget_token(token)
                 continue
+            self._rejections = 0
             # Warn once per bad bundle, not on every poll while it stays staged.
             current = {(bad.uuid, bad.reason) for bad in parsed.malformed}
             search = tuple(keywords)
@@ -324,6 +335,7 @@ class CodaLabClient:
                 allow_redirects=False,
             ) as response:
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
                 text = await response.text(errors="replace")
         except TimeoutError:
             raise TransientError(f"{method} {path}: timed out") from None
@@ -336,7 +348,8 @@ class CodaLabClient:
             # The token endpoint's body may repeat the posted form: never quoted.
             message += f": {self._scrub(text)}"
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            raise TransientError(message)
+            # The pause asked for is not in the message: one outage, one message.
+            raise TransientError(message, retry_after=parse_retry_after(retry_after))
         if status == HTTPStatus.UNAUTHORIZED or (
             path == TOKEN_PATH and _oauth_error(text) == "invalid_grant"
         ):

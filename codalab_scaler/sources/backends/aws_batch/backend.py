@@ -17,7 +17,11 @@ sees what an earlier one launched.  A job this instance listed that ended
 FAILED (the worker exited non-zero, or Batch failed it), or vanished before
 it was seen running, is reported once as a failed start, as Slurm's are:
 not only when a poll happened to see it pending, so a worker that crashes
-within one poll interval is counted all the same.
+within one poll interval is counted all the same.  One that left the listing
+but is described as still alive (a listing that lags or lost a page) is
+counted as alive: a short listing must never launch a worker twice.  An
+answer without its list (an HTML page behind a proxy, a body botocore could
+not read) is a transient error, never "no jobs".
 
 Credentials: the standard AWS chain (environment, profile, instance role);
 neither they nor the worker's password are logged.
@@ -150,15 +154,19 @@ class AwsBatchBackend:
             "maxResults": PAGE_SIZE,
         }
         async for page in _pages(api.list_jobs, request, "list_jobs", f"{status} jobs"):
-            for summary in page.get("jobSummaryList", []):
+            for summary in _listed(page, "jobSummaryList", "list_jobs"):
                 name = summary.get("jobName", "")
                 worker_id = self._names.worker_id(name)
-                if worker_id is not None and (self._filter is None or self._filter.fullmatch(name)):
+                if worker_id is not None and self._counts(name):
                     found.append((summary["jobId"], worker_id))
         return found
 
     async def _failed_starts(self, api: BatchClient, jobs: list[WorkerJob]) -> list[WorkerJob]:
-        """Jobs listed before that left the listing and ended FAILED (or vanished unstarted)."""
+        """Jobs listed before that left the listing: still alive, or ended FAILED.
+
+        Or vanished unstarted.  Alive ones are counted: a listing that missed them
+        must not launch more.
+        """
         listed = {job.job_id for job in jobs}
         known = set(self._live)
         gone = [job_id for job_id in self._live if job_id not in listed]
@@ -166,11 +174,14 @@ class AwsBatchBackend:
         for start in range(0, len(gone), DESCRIBE_CHUNK):
             with translate("describe_jobs"):
                 answer = await api.describe_jobs(jobs=gone[start : start + DESCRIBE_CHUNK])
-            described.update({job["jobId"]: job for job in answer.get("jobs", [])})
+            described.update(
+                {job["jobId"]: job for job in _listed(answer, "jobs", "describe_jobs")}
+            )
         live = {
             j.job_id: (j.worker_id, j.state is JobState.ACTIVE or self._ran(j.job_id)) for j in jobs
         }
         failed: list[WorkerJob] = []
+        lagging: list[WorkerJob] = []
         for job_id in gone:
             worker_id, ran = self._live[job_id]
             job = described.get(job_id)
@@ -182,7 +193,12 @@ class AwsBatchBackend:
             elif status == "FAILED":
                 reason = _failure_reason(job)
             elif status in (*spec.PENDING_STATUSES, *spec.ACTIVE_STATUSES):
-                live[job_id] = (worker_id, ran or status in spec.ACTIVE_STATUSES)  # listing lags
+                # The listing lags or lost a page: the job is alive and counts all the same.
+                active = status in spec.ACTIVE_STATUSES
+                live[job_id] = (worker_id, ran or active)
+                if self._counts(str(job.get("jobName", ""))):
+                    state = JobState.ACTIVE if active else JobState.PENDING
+                    lagging.append(WorkerJob(job_id, state, worker_id))
                 continue
             else:  # SUCCEEDED: it served and exited cleanly
                 continue
@@ -190,7 +206,11 @@ class AwsBatchBackend:
         # A launch that finished during this poll's awaits is kept for the next one.
         live.update({k: v for k, v in self._live.items() if k not in known and k not in live})
         self._live = live
-        return failed
+        return lagging + failed
+
+    def _counts(self, name: str) -> bool:
+        """A job of this pool's name that ``job_filter`` (if any) keeps."""
+        return self._filter is None or self._filter.fullmatch(name) is not None
 
     def _ran(self, job_id: str) -> bool:
         return job_id in self._live and self._live[job_id][1]
@@ -289,6 +309,18 @@ async def _pages(
             return
         request["nextToken"] = token
     raise TransientError(f"AWS Batch {operation}: more than {MAX_PAGES} pages of {what}")
+
+
+def _listed(answer: Mapping[str, Any], key: str, operation: str) -> list[Any]:
+    """The list ``key`` of an answer.
+
+    An answer without one is not Batch's (a proxy's page, a body botocore could
+    not read) and must never read as "no jobs".
+    """
+    items = answer.get(key)
+    if not isinstance(items, list):
+        raise TransientError(f"AWS Batch {operation}: the answer has no {key} list")
+    return items
 
 
 def _failure_reason(job: Mapping[str, Any]) -> str:

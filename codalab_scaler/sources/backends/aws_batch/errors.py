@@ -1,6 +1,7 @@
 """botocore's exceptions in the scaler's vocabulary: try again, or a refusal.
 
-Transient: throttling, HTTP 429 and 5xx, connection errors and timeouts,
+Transient: throttling, HTTP 429 and 5xx (with the pause a ``Retry-After``
+header asks for), connection errors and timeouts,
 credentials that could not be fetched *this time* (instance metadata).
 Refused: any other answer of AWS (4xx: unknown queue, invalid definition,
 access denied), no credentials at all, or parameters botocore rejects
@@ -26,6 +27,7 @@ from botocore.exceptions import (
 )
 
 from codalab_scaler.core.errors import RefusedError, TransientError
+from codalab_scaler.sources.retry import parse_retry_after
 
 THROTTLING = frozenset(
     {
@@ -50,6 +52,12 @@ def is_transient(error: ClientError) -> bool:
     )
 
 
+def retry_after(error: ClientError) -> float | None:
+    """The pause AWS asked for in a ``Retry-After`` header (botocore lower-cases names)."""
+    headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return parse_retry_after(headers.get("retry-after"))
+
+
 def describe(error: ClientError) -> str:
     info = error.response.get("Error", {})
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
@@ -62,8 +70,10 @@ def translate(operation: str, refused: type[RefusedError] = RefusedError) -> Ite
     try:
         yield
     except ClientError as exc:
-        kind = TransientError if is_transient(exc) else refused
-        raise kind(f"AWS Batch {operation}: {describe(exc)}") from exc
+        message = f"AWS Batch {operation}: {describe(exc)}"
+        if is_transient(exc):
+            raise TransientError(message, retry_after=retry_after(exc)) from exc
+        raise refused(message) from exc
     except (BotoConnectionError, HTTPClientError, CredentialRetrievalError) as exc:
         # botocore's ConnectionError covers EndpointConnectionError and ConnectTimeoutError;
         # HTTPClientError covers ReadTimeoutError and ConnectionClosedError.

@@ -80,7 +80,9 @@ def parse(text: str) -> tuple[list[Row], list[str]]:
             malformed.append(line)
             continue
         job_id, state, reason, name = (part.strip() for part in parts)
-        if not job_id or not state or not name or not job_id.split("_")[0].isdigit():
+        number = job_id.split("_")[0]
+        # isdigit alone takes "²" or "١٢": Slurm prints ids in ASCII digits only.
+        if not state or not name or not (number.isascii() and number.isdigit()):
             malformed.append(line)
             continue
         rows.append(Row(job_id, state, reason, name))
