@@ -1,0 +1,271 @@
+"""The planner: one pass over every pool at once, a pure function of the shared view.
+
+``plan(pools, workers, now)`` joins each pool's backend jobs to the CodaLab
+check-ins (``supply``), routes every staged bundle to at most one pool
+(``routing``), then applies each pool's policy to the bundles it counts:
+
+- ``compat``: the original's rules (``decision.decide``), unchanged, on the
+  pool's routed bundles; with one pool this is today's decision exactly.
+- ``fast``: place the bundles on serving then booting workers and bin-pack
+  the rest into new workers (``placement``); launch
+  ``min(needed, max - total, tokens)``, ``min_workers`` and
+  ``min_idle_workers`` held within max; never on a stale view (bundles,
+  jobs, or the workers/info check-ins).
+
+A pool in backoff launches nothing and gets no new bundles.  The planner's
+own memory per pool (token bucket, backoff, when each worker started
+booting) is data passed in and returned; the service stores it and applies
+``after_launches`` once it has acted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from codalab_scaler.core.decision import Decision, Policy, decide, stale_view
+from codalab_scaler.core.model import BundleView, Observation, PoolState, StagedBundle
+from codalab_scaler.core.pacing import Backoff, TokenBucket
+from codalab_scaler.core.placement import Packing, Placement, pack
+from codalab_scaler.core.routing import Availability, RouteSpec, Routing, route
+from codalab_scaler.core.supply import (
+    PoolWorker,
+    RegisteredWorker,
+    WorkerState,
+    booting_since,
+    classify,
+    registrations,
+)
+
+
+class PolicyKind(enum.StrEnum):
+    COMPAT = "compat"
+    FAST = "fast"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One pool's settings as the planner uses them (values only; defaults live in settings)."""
+
+    route: RouteSpec
+    kind: PolicyKind
+    limits: Policy
+    launch_rate_per_minute: float
+    launch_burst: int
+    min_idle_workers: int
+    provision_timeout: float
+    backoff_initial: float
+    backoff_max: float
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What the planner remembers of a pool between passes."""
+
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
+    backoff: Backoff = field(default_factory=Backoff)
+    booting_since: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInput:
+    """One pool: its settings, its state (``bundles`` holds its search's raw result), its memory."""
+
+    spec: PoolSpec
+    state: PoolState
+    memory: Memory = field(default_factory=Memory)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    name: str
+    kind: PolicyKind
+    launch: int
+    reason: str
+    counted: int
+    total: int
+    workers: tuple[PoolWorker, ...]
+    needed: int | None = None
+    placements: tuple[Placement, ...] = ()
+    decision: Decision | None = None
+    stale: tuple[str, ...] = ()
+    tokens: int = 0
+    backoff_remaining: float = 0.0
+    registered: tuple[str, ...] = ()
+    memory: Memory = field(default_factory=Memory)
+
+    def by_state(self, state: WorkerState) -> tuple[PoolWorker, ...]:
+        return tuple(w for w in self.workers if w.state is state)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    routing: Routing
+    pools: Mapping[str, PoolPlan]
+
+
+def _supply(
+    pool: PoolInput,
+    index: Mapping[str, RegisteredWorker],
+    *,
+    known: bool,
+    now: float,
+) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...]]:
+    state, spec, memory = pool.state, pool.spec, pool.memory
+    jobs = state.jobs.value or ()
+    since = booting_since(memory.booting_since, jobs, state.in_flight, index, now)
+    # Without a check-in view nothing can be told stuck: a serving worker looks booting.
+    timeout = spec.provision_timeout if known else float("inf")
+    workers = classify(jobs, state.in_flight, index, since, spec.route.shape,
+                       provision_timeout=timeout, now=now)  # fmt: skip
+    before = memory.booting_since
+    registered = tuple(
+        w.job_id for w in workers if w.state is WorkerState.SERVING and w.job_id in before
+    )
+    backoff = memory.backoff.reset() if registered else memory.backoff
+    return workers, replace(memory, booting_since=since, backoff=backoff), registered
+
+
+def _full(spec: PoolSpec, workers: Sequence[PoolWorker], *, known: bool) -> bool:
+    if len(workers) < spec.limits.max_workers:
+        return False
+    if not known:
+        return True
+    return not any(
+        w.state is WorkerState.BOOTING or (w.state is WorkerState.SERVING and w.free.cpus > 0)
+        for w in workers
+    )
+
+
+def plan(
+    pools: Sequence[PoolInput], workers: Observation[tuple[RegisteredWorker, ...]], now: float
+) -> Plan:
+    index = registrations(workers.value or ()) if workers.value is not None else {}
+    known = workers.value is not None
+    supplies = {p.spec.name: _supply(p, index, known=known, now=now) for p in pools}
+    availability = {
+        p.spec.name: Availability(
+            backing_off=supplies[p.spec.name][1].backoff.active(now),
+            full=_full(p.spec, supplies[p.spec.name][0], known=known),
+        )
+        for p in pools
+    }
+    searched = {
+        p.spec.name: (p.state.bundles.value.staged if p.state.bundles.value else ()) for p in pools
+    }
+    routing = route([p.spec.route for p in pools], searched, availability)
+    plans: dict[str, PoolPlan] = {}
+    for p in pools:
+        pool_workers, memory, registered = supplies[p.spec.name]
+        counted = routing.counted(p.spec.name)
+        one = _compat if p.spec.kind is PolicyKind.COMPAT else _fast
+        plans[p.spec.name] = one(p, counted, pool_workers, memory, workers, now)
+        plans[p.spec.name] = replace(plans[p.spec.name], registered=registered)
+    return Plan(routing=routing, pools=plans)
+
+
+def _compat(
+    pool: PoolInput,
+    counted: tuple[StagedBundle, ...],
+    workers: tuple[PoolWorker, ...],
+    memory: Memory,
+    _check_ins: Observation[tuple[RegisteredWorker, ...]],
+    now: float,
+) -> PoolPlan:
+    state = pool.state
+    bundles = Observation(
+        BundleView(staged=counted), observed_at=state.bundles.observed_at, error=state.bundles.error
+    )
+    decision = decide(replace(state, bundles=bundles), pool.spec.limits, now)
+    launch, reason = decision.launch, decision.reason.value
+    if memory.backoff.active(now) and not decision.stale:
+        launch, reason = 0, "backing_off"
+    return PoolPlan(
+        name=pool.spec.name,
+        kind=PolicyKind.COMPAT,
+        launch=launch,
+        reason=reason,
+        counted=len(counted),
+        total=decision.counts.total,
+        workers=workers,
+        decision=decision,
+        stale=decision.stale,
+        backoff_remaining=memory.backoff.remaining(now),
+        memory=memory,
+    )
+
+
+def _fast(
+    pool: PoolInput,
+    counted: tuple[StagedBundle, ...],
+    workers: tuple[PoolWorker, ...],
+    memory: Memory,
+    check_ins: Observation[tuple[RegisteredWorker, ...]],
+    now: float,
+) -> PoolPlan:
+    spec, state = pool.spec, pool.state
+    limits = spec.limits
+    tokens = memory.bucket.available(now, spec.launch_rate_per_minute, spec.launch_burst)
+    stale = tuple(
+        s
+        for s in (
+            stale_view("bundles", state.bundles, limits, now),
+            stale_view("jobs", state.jobs, limits, now),
+            stale_view("workers", check_ins, limits, now),
+        )
+        if s is not None
+    )
+    live = [w for w in workers if w.state is not WorkerState.STUCK]
+    packing: Packing = pack(counted, live, spec.route.shape)
+    total = len(workers)
+    base = PoolPlan(
+        name=spec.name, kind=PolicyKind.FAST, launch=0, reason="", counted=len(counted),
+        total=total, workers=workers, needed=packing.new_workers,
+        placements=packing.placements, stale=stale, tokens=tokens,
+        backoff_remaining=memory.backoff.remaining(now), memory=memory,
+    )  # fmt: skip
+    if stale:
+        return replace(base, reason="stale_view")
+    if memory.backoff.active(now):
+        return replace(base, reason="backing_off")
+    idle = {w.job_id for w in live if w.state is WorkerState.BOOTING or w.idle}
+    spares = sum(1 for job in packing.untouched if job in idle)
+    for_idle = max(spec.min_idle_workers - spares, 0)
+    for_min = max(limits.min_workers - total, 0)
+    want = max(packing.new_workers + for_idle, for_min)
+    room = max(limits.max_workers - total, 0)
+    launch = min(want, room, tokens)
+    if want == 0:
+        reason = "covered_by_workers" if counted else "no_staged"
+    elif room == 0:
+        reason = "at_max"
+    elif tokens == 0:
+        reason = "rate_limited"
+    elif for_min > packing.new_workers + for_idle:
+        reason = "below_min"
+    elif packing.new_workers == 0:
+        reason = "min_idle"
+    else:
+        reason = "staged_work"
+    return replace(base, launch=launch, reason=reason)
+
+
+def after_launches(spec: PoolSpec, memory: Memory, attempts: int, now: float) -> Memory:
+    """Spend one token per launch attempt of a ``fast`` pool (compat pools have no bucket)."""
+    if spec.kind is not PolicyKind.FAST or attempts == 0:
+        return memory
+    bucket = memory.bucket.take(attempts, now, spec.launch_rate_per_minute, spec.launch_burst)
+    return replace(memory, bucket=bucket)
+
+
+def after_failure(spec: PoolSpec, memory: Memory, now: float, jitter: float) -> Memory:
+    """A refused or failed launch, a failed start or a cancelled stuck worker: back off."""
+    backoff = memory.backoff.failed(
+        now, jitter, initial=spec.backoff_initial, maximum=spec.backoff_max
+    )
+    return replace(memory, backoff=backoff)
