@@ -25,8 +25,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from codalab_scaler.core.decision import Decision, Policy, decide, stale_view
-from codalab_scaler.core.model import BundleView, Observation, PoolState, StagedBundle
-from codalab_scaler.core.pacing import Backoff, TokenBucket
+from codalab_scaler.core.model import (
+    BundleView,
+    Counts,
+    Observation,
+    PlannerMemory,
+    PoolState,
+    Reason,
+    StagedBundle,
+)
 from codalab_scaler.core.placement import Packing, Placement, pack
 from codalab_scaler.core.routing import Availability, RouteSpec, Routing, route
 from codalab_scaler.core.supply import (
@@ -63,13 +70,8 @@ class PoolSpec:
         return self.route.name
 
 
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """What the planner remembers of a pool between passes."""
-
-    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
-    backoff: Backoff = field(default_factory=Backoff)
-    booting_since: Mapping[str, float] = field(default_factory=dict)
+# The planner's memory of a pool lives in the pool's state (``PoolState.memory``).
+Memory = PlannerMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class PoolPlan:
     name: str
     kind: PolicyKind
     launch: int
-    reason: str
+    reason: Reason
     counted: int
     total: int
     workers: tuple[PoolWorker, ...]
@@ -182,9 +184,9 @@ def _compat(
         BundleView(staged=counted), observed_at=state.bundles.observed_at, error=state.bundles.error
     )
     decision = decide(replace(state, bundles=bundles), pool.spec.limits, now)
-    launch, reason = decision.launch, decision.reason.value
+    launch, reason = decision.launch, decision.reason
     if memory.backoff.active(now) and not decision.stale:
-        launch, reason = 0, "backing_off"
+        launch, reason = 0, Reason.BACKING_OFF
     return PoolPlan(
         name=pool.spec.name,
         kind=PolicyKind.COMPAT,
@@ -224,15 +226,16 @@ def _fast(
     packing: Packing = pack(counted, live, spec.route.shape)
     total = len(workers)
     base = PoolPlan(
-        name=spec.name, kind=PolicyKind.FAST, launch=0, reason="", counted=len(counted),
+        name=spec.name, kind=PolicyKind.FAST, launch=0, reason=Reason.NO_STAGED,
+        counted=len(counted),
         total=total, workers=workers, needed=packing.new_workers,
         placements=packing.placements, stale=stale, tokens=tokens,
         backoff_remaining=memory.backoff.remaining(now), memory=memory,
     )  # fmt: skip
     if stale:
-        return replace(base, reason="stale_view")
+        return _with_decision(replace(base, reason=Reason.STALE_VIEW))
     if memory.backoff.active(now):
-        return replace(base, reason="backing_off")
+        return _with_decision(replace(base, reason=Reason.BACKING_OFF))
     idle = {w.job_id for w in live if w.state is WorkerState.BOOTING or w.idle}
     spares = sum(1 for job in packing.untouched if job in idle)
     for_idle = max(spec.min_idle_workers - spares, 0)
@@ -241,18 +244,25 @@ def _fast(
     room = max(limits.max_workers - total, 0)
     launch = min(want, room, tokens)
     if want == 0:
-        reason = "covered_by_workers" if counted else "no_staged"
+        reason = Reason.COVERED_BY_WORKERS if counted else Reason.NO_STAGED
     elif room == 0:
-        reason = "at_max"
+        reason = Reason.AT_MAX
     elif tokens == 0:
-        reason = "rate_limited"
+        reason = Reason.RATE_LIMITED
     elif for_min > packing.new_workers + for_idle:
-        reason = "below_min"
+        reason = Reason.BELOW_MIN
     elif packing.new_workers == 0:
-        reason = "min_idle"
+        reason = Reason.MIN_IDLE
     else:
-        reason = "staged_work"
-    return replace(base, launch=launch, reason=reason)
+        reason = Reason.STAGED_WORK
+    return _with_decision(replace(base, launch=launch, reason=reason))
+
+
+def _with_decision(p: PoolPlan) -> PoolPlan:
+    """A fast pool's plan as a ``Decision`` too (booting and stuck count as pending)."""
+    serving = len(p.by_state(WorkerState.SERVING))
+    counts = Counts(staged=p.counted, pending=p.total - serving, active=serving)
+    return replace(p, decision=Decision(p.launch, p.reason, counts, stale=p.stale))
 
 
 def after_launches(spec: PoolSpec, memory: Memory, attempts: int, now: float) -> Memory:

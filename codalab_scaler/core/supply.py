@@ -19,27 +19,18 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from codalab_scaler.core.model import InFlightLaunch, JobState, WorkerJob
+from codalab_scaler.core.model import InFlightLaunch, JobState, RegisteredWorker, WorkerJob
 from codalab_scaler.core.prefilter import WorkerShape
 
-
-@dataclass(frozen=True, slots=True)
-class RegisteredWorker:
-    """One entry of ``GET /rest/workers/info``: a worker checked in with CodaLab."""
-
-    worker_id: str
-    cpus: int
-    gpus: int
-    memory_bytes: int
-    cpus_in_use: int = 0
-    gpus_in_use: int = 0
-    run_uuids: tuple[str, ...] = ()
-    tag: str | None = None
-    checkin_time: float | None = None
-
-    @property
-    def idle(self) -> bool:
-        return not self.run_uuids
+__all__ = [
+    "Capacity",
+    "PoolWorker",
+    "RegisteredWorker",
+    "WorkerState",
+    "booting_since",
+    "classify",
+    "registrations",
+]
 
 
 class WorkerState(enum.StrEnum):
