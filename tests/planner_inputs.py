@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from codalab_scaler.core.decision import Policy
 from codalab_scaler.core.model import (
     BundleView,
@@ -77,7 +79,7 @@ def state(
 
 
 def pool(s: PoolSpec, st: PoolState, memory: Memory | None = None) -> PoolInput:
-    return PoolInput(s, st, memory if memory is not None else Memory())
+    return PoolInput(s, st if memory is None else replace(st, memory=memory))
 
 
 def job(worker: str, st: JobState = JobState.ACTIVE) -> WorkerJob:

@@ -102,7 +102,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[PoolInput], Observation[tuple[Register
     staged = draw(bundles())
     names = ["a", "b", "c"][: draw(st.integers(1, 3))]
     pools = [
-        PoolInput(draw(specs(n)), draw(pool_states(staged, n)), draw(memories())) for n in names
+        PoolInput(draw(specs(n)), replace(draw(pool_states(staged, n)), memory=draw(memories())))
+        for n in names
     ]
     registered = tuple(
         RegisteredWorker(
@@ -175,7 +176,7 @@ def one_compat_pool(draw: st.DrawFn) -> tuple[PoolInput, PoolState]:
     view = prefilter(raw, s.route.shape, enabled=s.route.prefilter)
     today = replace(state, bundles=replace(state.bundles, value=view))
     memory = replace(draw(memories()), backoff=Backoff())
-    return PoolInput(s, state, memory), today
+    return PoolInput(s, replace(state, memory=memory)), today
 
 
 @settings(max_examples=200, deadline=None)

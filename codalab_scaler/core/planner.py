@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from codalab_scaler.core.decision import Decision, Policy, decide, stale_view
 from codalab_scaler.core.model import (
@@ -76,11 +77,14 @@ Memory = PlannerMemory
 
 @dataclass(frozen=True, slots=True)
 class PoolInput:
-    """One pool: its settings, its state (``bundles`` holds its search's raw result), its memory."""
+    """One pool: its settings and its state (``state.memory`` is the planner's memory).
+
+    ``state.bundles`` holds what the pool's search returned; the router applies
+    the fit itself, so a view already prefiltered gives the same routing.
+    """
 
     spec: PoolSpec
     state: PoolState
-    memory: Memory = field(default_factory=Memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,7 @@ class PoolPlan:
 class Plan:
     routing: Routing
     pools: Mapping[str, PoolPlan]
+    at: float = 0.0
 
 
 def _supply(
@@ -118,7 +123,7 @@ def _supply(
     known: bool,
     now: float,
 ) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...]]:
-    state, spec, memory = pool.state, pool.spec, pool.memory
+    state, spec, memory = pool.state, pool.spec, pool.state.memory
     jobs = state.jobs.value or ()
     since = booting_since(memory.booting_since, jobs, state.in_flight, index, now)
     # Without a check-in view nothing can be told stuck: a serving worker looks booting.
@@ -154,6 +159,7 @@ def plan(
         p.spec.name: Availability(
             backing_off=supplies[p.spec.name][1].backoff.active(now),
             full=_full(p.spec, supplies[p.spec.name][0], known=known),
+            stale=bool(_stale_views(p, workers, now)),
         )
         for p in pools
     }
@@ -168,7 +174,21 @@ def plan(
         one = _compat if p.spec.kind is PolicyKind.COMPAT else _fast
         plans[p.spec.name] = one(p, counted, pool_workers, memory, workers, now)
         plans[p.spec.name] = replace(plans[p.spec.name], registered=registered)
-    return Plan(routing=routing, pools=plans)
+    return Plan(routing=routing, pools=plans, at=now)
+
+
+def _stale_views(
+    pool: PoolInput, check_ins: Observation[tuple[RegisteredWorker, ...]], now: float
+) -> tuple[str, ...]:
+    """The views this pool may not act on: bundles and jobs, and workers/info for ``fast``."""
+    views: list[tuple[str, Observation[Any]]] = [
+        ("bundles", pool.state.bundles),
+        ("jobs", pool.state.jobs),
+    ]
+    if pool.spec.kind is PolicyKind.FAST:
+        views.append(("workers", check_ins))
+    found = (stale_view(name, obs, pool.spec.limits, now) for name, obs in views)
+    return tuple(s for s in found if s is not None)
 
 
 def _compat(
@@ -210,18 +230,10 @@ def _fast(
     check_ins: Observation[tuple[RegisteredWorker, ...]],
     now: float,
 ) -> PoolPlan:
-    spec, state = pool.spec, pool.state
+    spec = pool.spec
     limits = spec.limits
     tokens = memory.bucket.available(now, spec.launch_rate_per_minute, spec.launch_burst)
-    stale = tuple(
-        s
-        for s in (
-            stale_view("bundles", state.bundles, limits, now),
-            stale_view("jobs", state.jobs, limits, now),
-            stale_view("workers", check_ins, limits, now),
-        )
-        if s is not None
-    )
+    stale = _stale_views(pool, check_ins, now)
     live = [w for w in workers if w.state is not WorkerState.STUCK]
     packing: Packing = pack(counted, live, spec.route.shape)
     total = len(workers)

@@ -5,13 +5,16 @@ tag rules of CodaLab's bundle manager let its workers run it (a bundle with
 a ``request_queue`` only goes to a worker with that tag; an untagged bundle
 never goes to a tag-exclusive worker) and the bundle fits the pool's worker
 shape (unless the pool's prefilter is off).  Among eligible pools, those
-backing off or full are skipped; the rest are ordered by highest
-``priority``, then least waste (the smallest shape), then name.
+backing off, full or with a stale view (they could not launch for it) are
+skipped; the rest are ordered by highest ``priority``, then pools whose shape
+fits before pools that take it only because their prefilter is off, then
+least waste (the smallest shape), then name.
 
-A bundle whose eligible pools are all skipped is unroutable
-(``pools_backing_off`` or ``pools_at_max``) but stays *held* by the pool it
-would go to: that pool counts it as its own (so its rules report ``at_max``
-as the original's do) and no other pool does.  Every staged bundle is
+A bundle whose eligible pools are all skipped is unroutable with the reason
+of the pool it would go to (``pools_backing_off``, ``pools_stale`` or
+``pools_at_max``) and stays *held* by that pool: that pool counts it as its
+own (so its rules report ``at_max`` as the original's do) and no other pool
+does.  Every staged bundle is
 therefore counted by at most one pool.
 """
 
@@ -30,6 +33,7 @@ class Unroutable(enum.StrEnum):
     TOO_LARGE = "too_large"
     POOLS_BACKING_OFF = "pools_backing_off"
     POOLS_AT_MAX = "pools_at_max"
+    POOLS_STALE = "pools_stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +50,21 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class Availability:
+    """Why a pool cannot take more bundles now (each skips it): backing off, full, stale view."""
+
     backing_off: bool = False
     full: bool = False
+    stale: bool = False
+
+    @property
+    def blocked(self) -> Unroutable | None:
+        if self.backing_off:
+            return Unroutable.POOLS_BACKING_OFF
+        if self.stale:
+            return Unroutable.POOLS_STALE
+        if self.full:
+            return Unroutable.POOLS_AT_MAX
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +114,10 @@ def _fits(spec: RouteSpec, bundle: StagedBundle) -> bool:
     return not spec.prefilter or _exceeds(bundle, spec.shape) is None
 
 
-def _order(spec: RouteSpec) -> tuple[int, int, int, int, str]:
+def _order(spec: RouteSpec, bundle: StagedBundle) -> tuple[int, bool, int, int, int, str]:
     s = spec.shape
-    return (-spec.priority, s.gpus, s.cpus, s.memory_mb, spec.name)
+    overflows = _exceeds(bundle, s) is not None  # taken only because the prefilter is off
+    return (-spec.priority, overflows, s.gpus, s.cpus, s.memory_mb, spec.name)
 
 
 def route(
@@ -108,7 +126,7 @@ def route(
     availability: Mapping[str, Availability],
 ) -> Routing:
     """Route every bundle any pool's search returned (merged by uuid)."""
-    ordered = sorted(specs, key=_order)
+    ordered = sorted(specs, key=lambda s: s.name)
     returned: dict[str, set[str]] = {}
     bundles: dict[str, StagedBundle] = {}
     for spec in ordered:
@@ -124,24 +142,18 @@ def route(
         if not by_tag:
             stranded.append(Stranded(uuid, Unroutable.NO_POOL_FOR_TAG))
             continue
-        eligible = [s for s in by_tag if _fits(s, bundle)]
+        eligible = sorted((s for s in by_tag if _fits(s, bundle)), key=lambda s: _order(s, bundle))
         if not eligible:
             largest = max(by_tag, key=lambda s: (s.shape.gpus, s.shape.cpus, s.shape.memory_mb))
             resource, asked, offered = _exceeds(bundle, largest.shape) or ("cpus", 0, 0)
             stranded.append(Stranded(uuid, Unroutable.TOO_LARGE, resource, asked, offered))
             continue
-        free = [
-            s
-            for s in eligible
-            if not availability.get(s.name, Availability()).backing_off
-            and not availability.get(s.name, Availability()).full
-        ]
+        free = [s for s in eligible if availability.get(s.name, Availability()).blocked is None]
         if free:
             routed.setdefault(free[0].name, []).append(bundle)
             continue
         first = eligible[0].name
-        all_full = all(availability.get(s.name, Availability()).full for s in eligible)
-        reason = Unroutable.POOLS_AT_MAX if all_full else Unroutable.POOLS_BACKING_OFF
+        reason = availability.get(first, Availability()).blocked or Unroutable.POOLS_AT_MAX
         held.setdefault(first, []).append(bundle)
         stranded.append(Stranded(uuid, reason, held_by=first))
     return Routing(
