@@ -166,7 +166,11 @@ def plan(
     searched = {
         p.spec.name: (p.state.bundles.value.staged if p.state.bundles.value else ()) for p in pools
     }
-    routing = route([p.spec.route for p in pools], searched, availability)
+    filtered = {
+        p.spec.name: (p.state.bundles.value.filtered if p.state.bundles.value else ())
+        for p in pools
+    }
+    routing = route([p.spec.route for p in pools], searched, availability, filtered)
     plans: dict[str, PoolPlan] = {}
     for p in pools:
         pool_workers, memory, registered = supplies[p.spec.name]

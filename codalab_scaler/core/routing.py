@@ -24,7 +24,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from codalab_scaler.core.model import StagedBundle
+from codalab_scaler.core.model import FilteredBundle, StagedBundle
 from codalab_scaler.core.prefilter import WorkerShape
 
 
@@ -120,12 +120,33 @@ def _order(spec: RouteSpec, bundle: StagedBundle) -> tuple[int, bool, int, int, 
     return (-spec.priority, overflows, s.gpus, s.cpus, s.memory_mb, spec.name)
 
 
+def _set_aside(filtered: Mapping[str, Iterable[FilteredBundle]], kept: set[str]) -> list[Stranded]:
+    largest: dict[str, FilteredBundle] = {}
+    for name in sorted(filtered):
+        for item in filtered[name]:
+            if item.uuid in kept:
+                continue
+            best = largest.get(item.uuid)
+            if best is None or item.available > best.available:
+                largest[item.uuid] = item
+    return [
+        Stranded(uuid, Unroutable.TOO_LARGE, item.reason, item.requested, item.available)
+        for uuid, item in sorted(largest.items())
+    ]
+
+
 def route(
     specs: Sequence[RouteSpec],
     searched: Mapping[str, Iterable[StagedBundle]],
     availability: Mapping[str, Availability],
+    filtered: Mapping[str, Iterable[FilteredBundle]] | None = None,
 ) -> Routing:
-    """Route every bundle any pool's search returned (merged by uuid)."""
+    """Route every bundle any pool's search returned (merged by uuid).
+
+    ``filtered`` are bundles a pool's search returned that its prefilter
+    already set aside (the service's views are prefiltered); one no pool
+    kept is ``too_large``, with the largest offer of the resource.
+    """
     ordered = sorted(specs, key=lambda s: s.name)
     returned: dict[str, set[str]] = {}
     bundles: dict[str, StagedBundle] = {}
@@ -156,6 +177,7 @@ def route(
         reason = availability.get(first, Availability()).blocked or Unroutable.POOLS_AT_MAX
         held.setdefault(first, []).append(bundle)
         stranded.append(Stranded(uuid, reason, held_by=first))
+    stranded += _set_aside(filtered or {}, set(bundles))
     return Routing(
         routed={k: tuple(v) for k, v in routed.items()},
         held={k: tuple(v) for k, v in held.items()},

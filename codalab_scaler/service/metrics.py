@@ -285,7 +285,9 @@ def _planner_families(v: ScrapeView) -> Iterator[Metric]:
             idle = sum(1 for w in p.by_state(WorkerState.SERVING) if w.idle)
             workers.add_metric([name, "idle"], idle)
             routed.add_metric([name], len(latest.routing.routed.get(name, ())))
-            backoff.add_metric([name], p.memory.backoff.remaining(v.now))
+            pool_state = v.snapshot.pools.get(name)
+            memory = pool_state.memory if pool_state is not None else p.memory
+            backoff.add_metric([name], memory.backoff.remaining(v.now))
             if p.kind is PolicyKind.FAST:
                 tokens.add_metric([name], p.tokens)
         by_reason = dict.fromkeys(Unroutable, 0)

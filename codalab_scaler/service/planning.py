@@ -248,6 +248,9 @@ async def _act(
     now = ctx.clock()
     if fast and attempts:
         _update_memory(ctx, rt.name, lambda m: after_launches(rt.spec, m, attempts, now))
+    if any(o is Outcome.LAUNCHED for o in outcomes):
+        # A worker boots from its launch, not from when the backend first lists it.
+        _update_memory(ctx, rt.name, lambda m: _booting_from_launch(m, ctx, rt.name))
     # A compat pool backs off only where another pool can take its bundles; alone it
     # keeps the original's rule (the cooldown) exactly.
     backs_off = fast or len(ctx.pools) > 1
@@ -280,6 +283,12 @@ async def _cancel_stuck(
         cancelled = True
     if cancelled:
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, "stuck_cancelled"))
+
+
+def _booting_from_launch(memory: PlannerMemory, ctx: Context, name: str) -> PlannerMemory:
+    flights = ctx.state.snapshot.pools[name].in_flight
+    since = {f.job_id: f.launched_at for f in flights if f.job_id not in memory.booting_since}
+    return replace(memory, booting_since={**memory.booting_since, **since}) if since else memory
 
 
 def _forget_flight(state: PoolState, job_id: str) -> PoolState:
