@@ -286,3 +286,23 @@ async def test_the_live_service_runs_the_planner_with_its_workers_view() -> None
         assert ctx.state.snapshot.workers.ok
     assert len(backend.launched) == 4
     assert all(state is JobState.PENDING for state in backend.jobs.values())
+
+
+async def test_waits_are_measured_from_first_seen_to_launch_and_to_leaving(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "launch_burst": 1, "launch_rate_per_minute": 6}})
+    stage(s.bundles, 2)
+    await s.cycle()  # one token: one launch now, for one of the two bundles
+    s.clock.advance(10)  # one token more
+    await s.cycle()
+    count = "codalab_scaler_bundle_launch_wait_seconds_count"
+    total = "codalab_scaler_bundle_launch_wait_seconds_sum"
+    assert (s.sample(count, pool="f"), s.sample(total, pool="f")) == (2, 10)
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    assert [b["waiting_seconds"] for b in status["bundles"]["staged"]] == [10, 10]
+    s.clock.advance(5)
+    s.bundles.staged.clear()  # both started
+    await s.cycle()
+    assert s.sample("codalab_scaler_bundle_staged_seconds_count", pool="f") == 2
+    assert s.sample("codalab_scaler_bundle_staged_seconds_sum", pool="f") == 30

@@ -110,6 +110,22 @@ class Metrics:
             ["pool"],
             registry=registry,
         )
+        waits = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+        self.bundle_launch_wait_seconds = Histogram(
+            f"{PREFIX}_bundle_launch_wait_seconds",
+            "Seconds from a bundle first seen staged to the launch of a worker for it.",
+            ["pool"],
+            buckets=waits,
+            registry=registry,
+        )
+        self.bundle_staged_seconds = Histogram(
+            f"{PREFIX}_bundle_staged_seconds",
+            "Seconds from a bundle first seen staged to it leaving staged (by its last pool; "
+            "empty when no pool took it).",
+            ["pool"],
+            buckets=waits,
+            registry=registry,
+        )
         self.malformed_workers = Counter(
             f"{PREFIX}_malformed_workers",
             "workers/info entries skipped because they were malformed (counted per poll).",
@@ -150,6 +166,8 @@ class Metrics:
         self.failed_starts.labels(pool=pool)
         self.stuck_workers.labels(pool=pool)
         self.backoffs.labels(pool=pool)
+        self.bundle_launch_wait_seconds.labels(pool=pool)
+        self.bundle_staged_seconds.labels(pool=pool)
         for outcome in ("cancelled", "failed"):
             self.cancelled_workers.labels(pool=pool, outcome=outcome)
 

@@ -41,6 +41,7 @@ from codalab_scaler.core.planner import (
 )
 from codalab_scaler.core.routing import Stranded
 from codalab_scaler.core.supply import PoolWorker, WorkerState
+from codalab_scaler.service import waits
 from codalab_scaler.service.context import BundleSource, Context, ParsedStaged, PoolRuntime
 from codalab_scaler.service.launch import Outcome, launch_in_order, launch_together
 from codalab_scaler.service.observe import poll_bundles
@@ -118,6 +119,10 @@ async def plan_pass(ctx: Context) -> dict[str, tuple[Decision, int]]:
     result = plan(inputs, snapshot.workers, now)
     ctx.state.set_plan(result)
     _report_routing(previous, result)
+    complete = all(s.bundles.ok for s in snapshot.pools.values())
+    ctx.state.waits = waits.seen(
+        ctx.state.waits, result, complete=complete, now=now, metrics=ctx.metrics
+    )
     olds = {name: snapshot.pools[name].last_decision for name in ctx.pools}
     stuck = {name: _remember(ctx, rt, result.pools[name], previous, now)
              for name, rt in ctx.pools.items()}  # fmt: skip
@@ -259,7 +264,13 @@ async def _act(
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, why))
     if stuck and rt.cancel_stuck_workers and ctx.may_act() and not ctx.dry_run:
         await _cancel_stuck(ctx, rt, stuck, now)
-    return decision, sum(1 for o in outcomes if o is Outcome.LAUNCHED)
+    launched = sum(1 for o in outcomes if o is Outcome.LAUNCHED)
+    latest = ctx.state.plan
+    if launched and latest is not None:
+        ctx.state.waits = waits.launched(
+            ctx.state.waits, latest, p, launched, ctx.clock(), ctx.metrics
+        )
+    return decision, launched
 
 
 async def _cancel_stuck(

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from codalab_scaler.core.model import Observation, PoolState, RegisteredWorker, Snapshot
 from codalab_scaler.core.planner import Plan
+from codalab_scaler.service.waits import Waits
 
 WorkersView = Observation[tuple[RegisteredWorker, ...]]
 
@@ -27,6 +28,8 @@ class StateStore:
         )
         self._changed = asyncio.Event()
         self._plan: Plan | None = None
+        # How long each staged bundle has waited, replaced whole by the planner pass.
+        self.waits = Waits()
 
     @property
     def snapshot(self) -> Snapshot:

@@ -7,6 +7,7 @@ reach it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from codalab_scaler.core.decision import Decision
@@ -76,7 +77,7 @@ def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any]
     }
 
 
-def _bundles(plan: Plan | None) -> dict[str, Any]:
+def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> dict[str, Any]:
     """Each staged bundle: its pool and where it is placed, or why no pool takes it."""
     if plan is None:
         return {"staged": [], "count": 0, "unroutable_count": 0}
@@ -103,6 +104,9 @@ def _bundles(plan: Plan | None) -> dict[str, Any]:
                 "held_by": stranded.held_by,
             },
         }
+    for uuid, row in rows.items():
+        since = first_seen.get(uuid)
+        row["waiting_seconds"] = None if since is None else round(now - since, 3)
     ordered = [rows[k] for k in sorted(rows)]
     return {
         "staged": ordered[:LIST_LIMIT],
@@ -178,5 +182,5 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
         "snapshot_age_seconds": round(now - snap.taken_at, 3),
         "pools": pools,
         "workers_info": _obs(snap.workers, now),
-        "bundles": _bundles(latest),
+        "bundles": _bundles(latest, ctx.state.waits.first_seen, now),
     }
