@@ -306,3 +306,17 @@ async def test_waits_are_measured_from_first_seen_to_launch_and_to_leaving(
     await s.cycle()
     assert s.sample("codalab_scaler_bundle_staged_seconds_count", pool="f") == 2
     assert s.sample("codalab_scaler_bundle_staged_seconds_sum", pool="f") == 30
+
+
+async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: Factory) -> None:
+    s = await service({"gpu": {"policy": "fast", "gpus": 1}})
+    stage(s.bundles, 1, gpus=1)
+    await s.cycle()
+    (worker,) = s.backends["gpu"].launched
+    s.backends["gpu"].activate_all()
+    await s.cycle()
+    s.workers.register(worker)  # its cl-worker found no GPU
+    with capture_logs() as logs:
+        await s.cycle()
+    (event,) = [e for e in logs if e["event"] == "worker.smaller_than_shape"]
+    assert (event["registered"]["gpus"], event["shape"]["gpus"]) == (0, 1)

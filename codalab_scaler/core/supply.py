@@ -72,6 +72,8 @@ class PoolWorker:
     idle: bool = False
     registered_as: str | None = None
     since: float | None = None
+    # What a serving worker told CodaLab it has in all (None until it registers).
+    total: Capacity | None = None
 
 
 def _free_of(worker: RegisteredWorker) -> Capacity:
@@ -161,8 +163,10 @@ def _one(
 ) -> PoolWorker:
     check_in = registered.get(worker_id) if worker_id else None
     if check_in is not None:
+        total = Capacity(check_in.cpus, check_in.gpus, check_in.memory_bytes)
         return PoolWorker(job_id, worker_id, WorkerState.SERVING, _free_of(check_in),
-                          idle=check_in.idle, registered_as=check_in.worker_id)  # fmt: skip
+                          idle=check_in.idle, registered_as=check_in.worker_id,
+                          total=total)  # fmt: skip
     first = since.get(job_id, now)
     if now - first > provision_timeout:
         return PoolWorker(job_id, worker_id, WorkerState.STUCK, Capacity(0, 0, 0), since=first)

@@ -144,6 +144,7 @@ def _remember(
     memory = p.memory
     if p.registered and state.memory.backoff.until is not None:
         log.info("pool.backoff_reset", pool=rt.name, registered=list(p.registered))
+    _warn_small(rt, p)
     if rt.spec.kind is PolicyKind.FAST and state.failed_starts > memory.failed_starts_seen:
         memory = _back_off(ctx, rt, memory, now, "failed_start")
     memory = replace(memory, failed_starts_seen=state.failed_starts)
@@ -166,6 +167,28 @@ def _remember(
     decision = p.decision
     ctx.state.update(rt.name, lambda s: replace(s, memory=memory, last_decision=decision))
     return new_stuck
+
+
+def _warn_small(rt: PoolRuntime, p: PoolPlan) -> None:
+    """Warn when a worker registers with less than the pool's shape.
+
+    The bundles placed by shape will not fit it, and a fast pool would launch
+    again for them, up to max (a GPU pool whose workers find no GPU).
+    """
+    shape = rt.spec.route.shape
+    for worker in p.workers:
+        total = worker.total
+        if worker.job_id not in p.registered or total is None:
+            continue
+        if total.fits(shape.cpus, shape.gpus, shape.memory_bytes):
+            continue
+        log.warning(
+            "worker.smaller_than_shape",
+            pool=rt.name,
+            job_id=worker.job_id,
+            registered={"cpus": total.cpus, "gpus": total.gpus, "memory_bytes": total.memory_bytes},
+            shape={"cpus": shape.cpus, "gpus": shape.gpus, "memory_bytes": shape.memory_bytes},
+        )
 
 
 def _back_off(
