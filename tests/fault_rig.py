@@ -47,11 +47,23 @@ class Rig:
         ]
 
     def warned_once_each(self, upto: int) -> list[str]:
-        """Warnings and errors logged before ``upto``; the test asserts none repeats."""
-        return [e["event"] for e in self.logs[:upto] if e["log_level"] in {"warning", "error"}]
+        """Warnings and errors logged before ``upto``, each as ``event[:source]``.
+
+        The test asserts none repeats: one warning per event and failing source.
+        """
+        return [
+            f"{e['event']}:{e['source']}" if "source" in e else e["event"]
+            for e in self.logs[:upto]
+            if e["log_level"] in {"warning", "error"}
+        ]
 
     def launch_followed_recovery(self, since: int) -> bool:
-        """The first launch after ``since`` came with the first good poll, not a later one."""
+        """The first launch after ``since`` came with each source's first good poll, not later.
+
+        Every source that failed (bundles, and with the planner the workers view
+        behind the same server) recovers once before the launch, never twice.
+        """
         after = self.logs[since:]
         first = next(i for i, e in enumerate(after) if e["event"] == "scaler.launched")
-        return len([e for e in after[:first] if e["event"] == "poll.recovered"]) <= 1
+        recovered = [e.get("source") for e in after[:first] if e["event"] == "poll.recovered"]
+        return len(recovered) == len(set(recovered))

@@ -230,11 +230,12 @@ async def test_the_password_is_in_no_definition_log_or_plan(
         assert container["executionRoleArn"] == ROLE_ARN
 
 
-async def test_a_refusing_pool_is_counted_and_the_others_go_on(moto: MotoBatch) -> None:
+async def test_a_refusing_pool_is_counted_and_its_bundles_fall_through(moto: MotoBatch) -> None:
     def pool(**backend: Any) -> dict[str, Any]:
         limits = {"min_workers": 0, "max_workers": 2, "max_launches_per_pass": 2}
-        if "no_prefilter" in backend:  # a pool setting
-            limits["no_prefilter"] = backend.pop("no_prefilter")
+        for key in ("no_prefilter", "priority"):  # pool settings
+            if key in backend:
+                limits[key] = backend.pop(key)
         backend = {"kind": "aws-batch", "endpoint_url": moto.url, "job_queue": QUEUE, **backend}
         backend.setdefault("password_secret_arn", SECRET_ARN)
         return {**limits, "backend": backend}
@@ -245,7 +246,10 @@ async def test_a_refusing_pool_is_counted_and_the_others_go_on(moto: MotoBatch) 
             "password": PASSWORD,
             "pools": {
                 "good": pool(),
-                "baddef": pool(memory_mb=2, job_definition_name="too-small", no_prefilter=True),
+                # First choice for the bundles, refused: it backs off and they fall through.
+                "baddef": pool(
+                    memory_mb=2, job_definition_name="too-small", no_prefilter=True, priority=1
+                ),
                 "badqueue": pool(job_queue="no-such-queue"),
             },
         }
@@ -255,7 +259,9 @@ async def test_a_refusing_pool_is_counted_and_the_others_go_on(moto: MotoBatch) 
     registry = CollectorRegistry()
     overrides = Overrides(bundles=bundles)  # every backend is the real one, on moto
     async with opened(settings, registry=registry, overrides=overrides) as ctx:
+        first = await run_once(ctx)
         result = await run_once(ctx)
+    assert not first.ok
 
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)

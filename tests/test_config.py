@@ -440,3 +440,44 @@ def test_a_backend_subcommand_replaces_a_toml_pool_of_another_kind(tmp_path: Pat
     same_kind = load(["--config", str(config), "aws-batch", "--cpus", "2"]).pools["default"]
     assert isinstance(same_kind.backend, AwsBatchBackendSettings)
     assert same_kind.backend.region == "eu-west-1"  # same kind: merged
+
+
+def test_planner_settings_from_flags_and_their_defaults() -> None:
+    default = load(["local"]).pools["default"]
+    assert (default.policy, default.priority, default.launch_rate_per_minute) == ("compat", 0, 60)
+    assert (default.launch_burst, default.min_idle_workers) == (20, 0)
+    assert (default.provision_timeout_seconds, default.cancel_stuck_workers) == (900, False)
+    assert (default.backoff_initial_seconds, default.backoff_max_seconds) == (10, 300)
+    s = load(
+        ["--policy", "fast", "--priority", "2", "--launch-rate-per-minute", "30",
+         "--launch-burst", "5", "--min-idle-workers", "1", "--provision-timeout-seconds", "60",
+         "--cancel-stuck-workers", "--backoff-initial-seconds", "2",
+         "--backoff-max-seconds", "20", "local"]
+    )  # fmt: skip
+    spec = s.pool_spec("default")
+    assert (spec.kind.value, spec.route.priority, spec.launch_rate_per_minute) == ("fast", 2, 30)
+    assert (spec.launch_burst, spec.min_idle_workers, spec.provision_timeout) == (5, 1, 60)
+    assert (spec.backoff_initial, spec.backoff_max) == (2, 20)
+    assert s.pools["default"].cancel_stuck_workers
+
+
+def test_a_bad_planner_setting_in_toml_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        "[pools.a]\npolicy = 'turbo'\nlaunch_rate_per_minute = -1\nbackoff_initial_seconds = 30\n"
+        "backoff_max_seconds = 20\n[pools.a.backend]\nkind = 'local'\n"
+    )
+    lines = errors(["--config", str(config)], capsys)
+    assert sorted(lines) == [
+        (
+            "codalab-scaler: config error: pools.a.backoff_max_seconds: "
+            "must be >= backoff_initial_seconds (20 < 30)"
+        ),
+        (
+            "codalab-scaler: config error: pools.a.launch_rate_per_minute: "
+            "Input should be greater than 0"
+        ),
+        "codalab-scaler: config error: pools.a.policy: Input should be 'compat' or 'fast'",
+    ]

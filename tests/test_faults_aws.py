@@ -122,7 +122,7 @@ async def test_a_failed_jobs_view_launches_nothing_and_recovers(rig: AwsRig, fau
     assert rig.launched == 0
     assert await rig.ours() == 0
     warned = rig.warned_once_each(len(rig.logs))
-    assert warned.count("poll.failed") == 1
+    assert warned.count("poll.failed:jobs") == 1
     assert len(warned) == len(set(warned)), warned
 
     end = len(rig.logs)

@@ -411,3 +411,18 @@ async def test_stop_all_terms_then_kills_every_worker_of_the_pool(rig: Rig) -> N
         e["worker_id"]: e["returncode"] for e in logs if e["event"] == "local.worker_exited"
     }
     assert returncodes == {"w1": -signal.SIGTERM, "w2": -signal.SIGKILL}
+
+
+async def test_cancel_terms_one_worker_and_ignores_the_gone(rig: Rig) -> None:
+    backend = rig.backend()
+    await backend.launch("w1")
+    await backend.launch("w2")
+    for worker_id in ("w1", "w2"):
+        await rig.ready(worker_id)
+    await backend.cancel("local-w1")
+    await backend.cancel("local-nobody")
+
+    async def only_w2() -> bool:
+        return [job.worker_id for job in await backend.list_jobs()] == ["w2"]
+
+    await eventually(only_w2, "w1 gone, not as a failed start")

@@ -70,7 +70,7 @@ async def test_healthy_service_answers_200_and_status(client_for: Any) -> None:
     client = await client_for(build(FakeBackend(), bundles))
     body = await eventually(client, "/healthz", 200)
     assert body["ok"] is True
-    assert set(body["loops"]) == {"bundles:p", "jobs:p", "scaler:p"}
+    assert set(body["loops"]) == {"bundles:p", "jobs:p", "scaler:p", "workers"}
     status = await (await client.get("/status")).json()
     pool = status["pools"]["p"]
     assert pool["bundles"]["staged_count"] == 2

@@ -28,7 +28,9 @@ from pydantic import (
 )
 
 from codalab_scaler.core.decision import Policy
+from codalab_scaler.core.planner import PolicyKind, PoolSpec
 from codalab_scaler.core.prefilter import WorkerShape
+from codalab_scaler.core.routing import RouteSpec
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.base import StrictModel
 from codalab_scaler.sources.backends.registry import (
@@ -80,6 +82,62 @@ class PoolSettings(StrictModel):
         default=1,
         description="Workers launched per pass at most, a count (still bounded by staged "
         "minus pending and by max_workers). 1: the original's behaviour.",
+    )
+    policy: Literal["compat", "fast"] = Field(
+        default="compat",
+        description="How the pool decides what to launch. compat: the original's rules, "
+        "exactly, on the bundles routed to this pool (the default, so a cl-worker-manager "
+        "command line behaves as before). fast: place the bundles on serving and booting "
+        "workers, bin-pack the rest into new workers and launch those at once, paced by "
+        "launch_rate_per_minute and launch_burst (min_seconds_between_workers and "
+        "max_launches_per_pass are then ignored).",
+    )
+    priority: int = Field(
+        default=0,
+        description="Among the pools that can take a staged bundle, the highest priority "
+        "gets it (then the smallest worker shape, then the name). 0: all pools equal, so "
+        "the shape that wastes least wins.",
+    )
+    launch_rate_per_minute: PositiveFloat = Field(
+        default=60,
+        description="fast pools: launch tokens refilled per minute. 60: one launch a second "
+        "sustained, well under what AWS Batch, Slurm and Kubernetes accept, yet a runaway "
+        "is bounded to 60 jobs a minute.",
+    )
+    launch_burst: PositiveInt = Field(
+        default=20,
+        description="fast pools: most launch tokens held, so most launches in one pass, a "
+        "count. 20: a burst of 20 staged bundles (the issue's workload) gets its workers in "
+        "one pass.",
+    )
+    min_idle_workers: NonNegativeInt = Field(
+        default=0,
+        description="fast pools: serving workers with nothing running to keep as warm "
+        "spares (booting workers with no bundle count), within max_workers. 0: no spares; "
+        "idle workers exit after worker_idle_seconds.",
+    )
+    provision_timeout_seconds: PositiveFloat = Field(
+        default=900,
+        description="A worker booting longer than this, in seconds (pending in the "
+        "backend, or running and not checked in with CodaLab), is stuck: no longer counted "
+        "as capacity, logged once. 900: longer than a cold cloud instance plus an image pull "
+        "normally take.",
+    )
+    cancel_stuck_workers: bool = Field(
+        default=False,
+        description="Cancel a stuck worker's backend job (and back the pool off). Off: "
+        "stuck workers are reported and left for the operator, who may know why.",
+    )
+    backoff_initial_seconds: PositiveFloat = Field(
+        default=10,
+        description="After a refused or failed launch, a failed start or a cancelled stuck "
+        "worker, the pool takes no bundles and launches nothing for this long (jittered), "
+        "doubled on each failure in a row. 10: a few polls, enough for a transient to clear.",
+    )
+    backoff_max_seconds: PositiveFloat = Field(
+        default=300,
+        description="Longest backoff, in seconds; the backoff resets when a worker of the "
+        "pool registers with CodaLab. 300: a broken backend is retried every five minutes.",
     )
     no_prefilter: bool = Field(
         default=False,
@@ -184,6 +242,22 @@ class PoolSettings(StrictModel):
             raise ValueError(f"must be >= min_workers ({value} < {minimum})")
         return value
 
+    @field_validator("backoff_max_seconds")
+    @classmethod
+    def _backoff_max_at_least_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_seconds")
+        if isinstance(initial, float | int) and value < initial:
+            raise ValueError(f"must be >= backoff_initial_seconds ({value:g} < {initial:g})")
+        return value
+
+    @field_validator("min_idle_workers")
+    @classmethod
+    def _idle_within_max(cls, value: int, info: ValidationInfo) -> int:
+        maximum = info.data.get("max_workers")
+        if isinstance(maximum, int) and value > maximum:
+            raise ValueError(f"must be <= max_workers ({value} > {maximum})")
+        return value
+
     @field_validator("worker_max_work_dir_size")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
@@ -192,6 +266,16 @@ class PoolSettings(StrictModel):
 
             parse_size(value)
         return value
+
+    def route_spec(self, name: str) -> RouteSpec:
+        return RouteSpec(
+            name=name,
+            shape=self.shape(),
+            tag=self.worker_tag,
+            tag_exclusive=self.worker_tag_exclusive,
+            priority=self.priority,
+            prefilter=not self.no_prefilter,
+        )
 
     def shape(self) -> WorkerShape:
         b = self.backend
@@ -441,6 +525,21 @@ class Settings(StrictModel):
             min_seconds_between_workers=p.min_seconds_between_workers,
             staleness_seconds=self.effective_staleness_seconds,
             max_launches_per_pass=p.max_launches_per_pass,
+        )
+
+    def pool_spec(self, pool: str) -> PoolSpec:
+        """What the planner needs of pool ``pool``."""
+        p = self.pools[pool]
+        return PoolSpec(
+            route=p.route_spec(pool),
+            kind=PolicyKind(p.policy),
+            limits=self.policy(pool),
+            launch_rate_per_minute=p.launch_rate_per_minute,
+            launch_burst=p.launch_burst,
+            min_idle_workers=p.min_idle_workers,
+            provision_timeout=p.provision_timeout_seconds,
+            backoff_initial=p.backoff_initial_seconds,
+            backoff_max=p.backoff_max_seconds,
         )
 
 

@@ -34,7 +34,7 @@ from codalab_scaler.core.model import (
     Reason,
 )
 
-__all__ = ["Counts", "Decision", "Policy", "Reason", "count", "decide"]
+__all__ = ["Counts", "Decision", "Policy", "Reason", "count", "decide", "stale_view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,8 @@ class Policy:
     max_launches_per_pass: int
 
 
-def _stale(name: str, obs: Observation[Any], policy: Policy, now: float) -> str | None:
+def stale_view(name: str, obs: Observation[Any], policy: Policy, now: float) -> str | None:
+    """Why the view ``name`` may not be acted on (never seen, failed, too old), or None."""
     if obs.observed_at is None:
         return f"{name}:never_observed" if obs.error is None else f"{name}:failed"
     if obs.error is not None:
@@ -77,8 +78,8 @@ def decide(pool: PoolState, policy: Policy, now: float) -> Decision:
     stale = tuple(
         s
         for s in (
-            _stale("bundles", pool.bundles, policy, now),
-            _stale("jobs", pool.jobs, policy, now),
+            stale_view("bundles", pool.bundles, policy, now),
+            stale_view("jobs", pool.jobs, policy, now),
         )
         if s is not None
     )

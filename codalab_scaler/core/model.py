@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from codalab_scaler.core.pacing import Backoff, TokenBucket
+
 T = TypeVar("T")
 
 
@@ -60,6 +62,39 @@ class WorkerJob:
     state: JobState
     worker_id: str = ""
     reason: str = ""  # why a FAILED job failed, in the backend's words
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredWorker:
+    """One entry of ``GET /rest/workers/info``: a worker checked in with CodaLab."""
+
+    worker_id: str
+    cpus: int
+    gpus: int
+    memory_bytes: int
+    cpus_in_use: int = 0
+    gpus_in_use: int = 0
+    run_uuids: tuple[str, ...] = ()
+    tag: str | None = None
+    checkin_time: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self.run_uuids
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerMemory:
+    """What the planner remembers of a pool between passes (see ``core.planner``).
+
+    ``failed_starts_seen`` is the pool's ``failed_starts`` the planner last
+    acted on, so a new failed start backs a ``fast`` pool off once.
+    """
+
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
+    backoff: Backoff = field(default_factory=Backoff)
+    booting_since: Mapping[str, float] = field(default_factory=dict)
+    failed_starts_seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +158,11 @@ class Reason(enum.StrEnum):
     PENDING_COVERS_STAGED = "pending_covers_staged"
     AT_MAX = "at_max"
     STALE_VIEW = "stale_view"
+    # The planner's fast policy and backoff (see ``core.planner``).
+    BACKING_OFF = "backing_off"
+    RATE_LIMITED = "rate_limited"
+    MIN_IDLE = "min_idle"
+    COVERED_BY_WORKERS = "covered_by_workers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +206,17 @@ class PoolState:
     last_launch_at: float | None = None
     last_decision: Decision | None = None
     failed_starts: int = 0
+    memory: PlannerMemory = field(default_factory=PlannerMemory)
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The whole shared state: one ``PoolState`` per pool, stamped with its time."""
+    """The whole shared state: one ``PoolState`` per pool, stamped with its time.
+
+    ``workers`` is the service's one view of ``GET /rest/workers/info``.
+    """
 
     taken_at: float
     pools: Mapping[str, PoolState]
     version: int = 0
+    workers: Observation[tuple[RegisteredWorker, ...]] = field(default_factory=Observation)

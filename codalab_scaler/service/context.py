@@ -14,7 +14,8 @@ from typing import Protocol
 
 from codalab_scaler.core.decision import Policy
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.core.model import StagedBundle
+from codalab_scaler.core.model import RegisteredWorker, StagedBundle
+from codalab_scaler.core.planner import PoolSpec
 from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.service.health import Liveness
 from codalab_scaler.service.metrics import Metrics
@@ -42,6 +43,20 @@ class BundleSource(Protocol):
     async def login(self) -> None: ...
 
     async def fetch_staged(self, keywords: Sequence[str]) -> ParsedStaged: ...
+
+
+class ParsedWorkers(Protocol):
+    @property
+    def workers(self) -> Sequence[RegisteredWorker]: ...
+
+    @property
+    def malformed(self) -> Sequence[object]: ...
+
+
+class WorkerSource(Protocol):
+    """Where CodaLab's registered workers come from (``GET /rest/workers/info``)."""
+
+    async def fetch_workers(self) -> ParsedWorkers: ...
 
 
 class Fatal:
@@ -83,7 +98,10 @@ class PoolRuntime:
     keywords: tuple[str, ...]
     shape: WorkerShape
     prefilter: bool
+    # The planner's view of this pool: policy kind, routing, pacing, provisioning.
+    spec: PoolSpec
     exit_after_num_failed: int | None = None
+    cancel_stuck_workers: bool = False
     # Counts a retried backend call (codalab_scaler_retries_total{peer="backend"}).
     on_retry: Callable[[str, BaseException], None] = lambda _source, _exc: None
 
@@ -106,6 +124,10 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # With --leader-election: only the Lease holder launches. None: always launch.
     leadership: Leadership | None = None
+    # workers/info; None (a test double without it): the view is never observed.
+    workers: WorkerSource | None = None
+    # Launches of one fast pass in progress at once.
+    launch_concurrency: int = 8
 
     def may_act(self) -> bool:
         return self.leadership is None or self.leadership.is_leader()

@@ -26,6 +26,10 @@ from prometheus_client.registry import Collector
 from codalab_scaler import __version__
 from codalab_scaler.core.decision import Policy, Reason, count, decide
 from codalab_scaler.core.model import BundleView, Observation, PoolState, Snapshot
+from codalab_scaler.core.planner import Plan, PolicyKind, PoolInput, PoolSpec, plan
+from codalab_scaler.core.prefilter import WorkerShape
+from codalab_scaler.core.routing import RouteSpec, Unroutable
+from codalab_scaler.core.supply import WorkerState
 
 PREFIX = "codalab_scaler"
 LAUNCH_OUTCOMES = ("launched", "refused", "failed", "dry_run")
@@ -88,6 +92,53 @@ class Metrics:
             ["pool"],
             registry=registry,
         )
+        self.stuck_workers = Counter(
+            f"{PREFIX}_stuck_workers",
+            "Workers found stuck (booting longer than provision_timeout_seconds), each once.",
+            ["pool"],
+            registry=registry,
+        )
+        self.cancelled_workers = Counter(
+            f"{PREFIX}_cancelled_workers",
+            "Stuck workers cancelled (cancel_stuck_workers), by outcome (cancelled, failed).",
+            ["pool", "outcome"],
+            registry=registry,
+        )
+        self.backoffs = Counter(
+            f"{PREFIX}_backoffs",
+            "Times a pool entered (or extended) its backoff after a failure.",
+            ["pool"],
+            registry=registry,
+        )
+        waits = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+        self.bundle_launch_wait_seconds = Histogram(
+            f"{PREFIX}_bundle_launch_wait_seconds",
+            "Seconds from a bundle first seen staged to the launch of a worker for it.",
+            ["pool"],
+            buckets=waits,
+            registry=registry,
+        )
+        self.bundle_staged_seconds = Histogram(
+            f"{PREFIX}_bundle_staged_seconds",
+            "Seconds from a bundle first seen staged to it leaving staged (by its last pool; "
+            "empty when no pool took it).",
+            ["pool"],
+            buckets=waits,
+            registry=registry,
+        )
+        self.malformed_workers = Counter(
+            f"{PREFIX}_malformed_workers",
+            "workers/info entries skipped because they were malformed (counted per poll).",
+            registry=registry,
+        )
+        self.workers_poll_errors = Counter(
+            f"{PREFIX}_workers_poll_errors",
+            "Polls of CodaLab's workers/info that failed after retries, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in ("transient", "refused"):
+            self.workers_poll_errors.labels(kind=kind)
         # Memory, CPU, open files and start time of the scaler itself (restarts show
         # as changes of process_start_time_seconds).
         ProcessCollector(registry=registry)
@@ -113,6 +164,12 @@ class Metrics:
         self.malformed.labels(pool=pool)
         self.in_flight_expired.labels(pool=pool)
         self.failed_starts.labels(pool=pool)
+        self.stuck_workers.labels(pool=pool)
+        self.backoffs.labels(pool=pool)
+        self.bundle_launch_wait_seconds.labels(pool=pool)
+        self.bundle_staged_seconds.labels(pool=pool)
+        for outcome in ("cancelled", "failed"):
+            self.cancelled_workers.labels(pool=pool, outcome=outcome)
 
     def retry_hook(self, peer: str, pool: str = "") -> Callable[[str, BaseException], None]:
         counter = self.retries.labels(peer=peer, pool=pool)
@@ -130,6 +187,7 @@ class ScrapeView:
     snapshot: Snapshot
     policies: Mapping[str, Policy]
     now: float
+    plan: Plan | None = None
 
 
 class SnapshotCollector(Collector):
@@ -206,6 +264,56 @@ class SnapshotCollector(Collector):
                 for reason in Reason:
                     last.add_metric([pool, reason.value], 1.0 if decision.reason is reason else 0.0)
         yield from (staged, filtered, jobs, in_flight, age, ok, limits, last)
+        yield from _planner_families(v)
+
+
+def _planner_families(v: ScrapeView) -> Iterator[Metric]:
+    """The planner's latest pass: workers by state, routing, backoff and tokens per pool."""
+    workers = GaugeMetricFamily(
+        f"{PREFIX}_workers",
+        "Workers by pool and state: booting, serving, idle (serving with nothing running) "
+        "and stuck, from the backend's jobs joined to CodaLab's workers/info.",
+        labels=["pool", "state"],
+    )
+    routed = GaugeMetricFamily(
+        f"{PREFIX}_routed_bundles",
+        "Staged bundles routed to this pool by the planner's latest pass.",
+        labels=["pool"],
+    )
+    unroutable = GaugeMetricFamily(
+        f"{PREFIX}_unroutable_bundles",
+        "Staged bundles no pool can take now, by reason.",
+        labels=["reason"],
+    )
+    backoff = GaugeMetricFamily(
+        f"{PREFIX}_backoff_remaining_seconds",
+        "Seconds before a pool in backoff takes bundles and launches again (0: not backing off).",
+        labels=["pool"],
+    )
+    tokens = GaugeMetricFamily(
+        f"{PREFIX}_launch_tokens",
+        "Launch tokens a fast pool has left (launch_rate_per_minute, launch_burst).",
+        labels=["pool"],
+    )
+    latest = v.plan
+    if latest is not None:
+        for name, p in sorted(latest.pools.items()):
+            for state in WorkerState:
+                workers.add_metric([name, state.value], len(p.by_state(state)))
+            idle = sum(1 for w in p.by_state(WorkerState.SERVING) if w.idle)
+            workers.add_metric([name, "idle"], idle)
+            routed.add_metric([name], len(latest.routing.routed.get(name, ())))
+            pool_state = v.snapshot.pools.get(name)
+            memory = pool_state.memory if pool_state is not None else p.memory
+            backoff.add_metric([name], memory.backoff.remaining(v.now))
+            if p.kind is PolicyKind.FAST:
+                tokens.add_metric([name], p.tokens)
+        by_reason = dict.fromkeys(Unroutable, 0)
+        for stranded in latest.routing.unroutable:
+            by_reason[stranded.reason] += 1
+        for reason, n in by_reason.items():
+            unroutable.add_metric([reason.value], n)
+    yield from (workers, routed, unroutable, backoff, tokens)
 
 
 class LeaderCollector(Collector):
@@ -246,10 +354,22 @@ def reference_registry(pool: str = "<pool>") -> CollectorRegistry:
         max_launches_per_pass=1,
     )
     state = replace(state, last_decision=decide(state, policy, 0.0))
+    spec = PoolSpec(
+        route=RouteSpec(pool, WorkerShape(1, 0, 1024), None, False, 0, True),  # noqa: FBT003 - positional fields of a value
+        kind=PolicyKind.FAST,
+        limits=policy,
+        launch_rate_per_minute=60,
+        launch_burst=1,
+        min_idle_workers=0,
+        provision_timeout=1,
+        backoff_initial=1,
+        backoff_max=1,
+    )
     view = ScrapeView(
         snapshot=Snapshot(taken_at=0.0, pools={pool: state}),
         policies={pool: policy},
         now=0.0,
+        plan=plan([PoolInput(spec, state)], Observation(value=(), observed_at=0.0), 0.0),
     )
     registry.register(SnapshotCollector(lambda: view))
     registry.register(LeaderCollector(lambda: True))

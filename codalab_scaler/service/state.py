@@ -7,7 +7,11 @@ import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from codalab_scaler.core.model import PoolState, Snapshot
+from codalab_scaler.core.model import Observation, PoolState, RegisteredWorker, Snapshot
+from codalab_scaler.core.planner import Plan
+from codalab_scaler.service.waits import Waits
+
+WorkersView = Observation[tuple[RegisteredWorker, ...]]
 
 
 class StateStore:
@@ -23,10 +27,21 @@ class StateStore:
             taken_at=clock(), pools={name: PoolState() for name in pools}, version=0
         )
         self._changed = asyncio.Event()
+        self._plan: Plan | None = None
+        # How long each staged bundle has waited, replaced whole by the planner pass.
+        self.waits = Waits()
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    @property
+    def plan(self) -> Plan | None:
+        """The planner's latest pass over every pool (None before the first)."""
+        return self._plan
+
+    def set_plan(self, plan: Plan) -> None:
+        self._plan = plan
 
     def update(self, pool: str, change: Callable[[PoolState], PoolState]) -> Snapshot:
         current = self._snapshot
@@ -34,6 +49,19 @@ class StateStore:
         pools[pool] = change(pools[pool])
         self._snapshot = replace(
             current, taken_at=self._clock(), pools=pools, version=current.version + 1
+        )
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self._snapshot
+
+    def update_workers(self, change: Callable[[WorkersView], WorkersView]) -> Snapshot:
+        """Replace the service's one workers/info view."""
+        current = self._snapshot
+        self._snapshot = replace(
+            current,
+            taken_at=self._clock(),
+            workers=change(current.workers),
+            version=current.version + 1,
         )
         self._changed.set()
         self._changed = asyncio.Event()

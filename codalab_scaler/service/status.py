@@ -7,10 +7,13 @@ reach it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from codalab_scaler.core.decision import Decision
-from codalab_scaler.core.model import Observation
+from codalab_scaler.core.model import Observation, PoolState
+from codalab_scaler.core.planner import Plan, PolicyKind, PoolPlan
+from codalab_scaler.core.supply import WorkerState
 from codalab_scaler.service.context import Context
 from codalab_scaler.service.health import HealthReport
 
@@ -52,9 +55,70 @@ def _leadership(ctx: Context) -> dict[str, Any] | None:
     }
 
 
+def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any] | None:
+    """A pool in the planner's latest pass: its workers by state, what it needs, pacing."""
+    if p is None:
+        return None
+    workers: dict[str, list[str]] = {s.value: [] for s in WorkerState}
+    workers["idle"] = []
+    for w in p.workers:
+        workers[w.state.value].append(w.job_id)
+        if w.state is WorkerState.SERVING and w.idle:
+            workers["idle"].append(w.job_id)
+    backoff = state.memory.backoff
+    return {
+        "policy": p.kind.value,
+        "workers": {k: v[:LIST_LIMIT] for k, v in workers.items()},
+        "counted_bundles": p.counted,
+        "needed_workers": p.needed,
+        "tokens": p.tokens if p.kind is PolicyKind.FAST else None,
+        "backoff_seconds": round(backoff.remaining(now), 3),
+        "backoff_failures": backoff.failures,
+    }
+
+
+def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> dict[str, Any]:
+    """Each staged bundle: its pool and where it is placed, or why no pool takes it."""
+    if plan is None:
+        return {"staged": [], "count": 0, "unroutable_count": 0}
+    placed = {
+        x.uuid: {"where": x.where.value, "worker": x.worker}
+        for p in plan.pools.values()
+        for x in p.placements
+    }
+    rows: dict[str, dict[str, Any]] = {}
+    for pool, bundles in plan.routing.routed.items():
+        for b in bundles:
+            rows[b.uuid] = {"uuid": b.uuid, "pool": pool, "placed": placed.get(b.uuid),
+                            "unroutable": None}  # fmt: skip
+    for stranded in plan.routing.unroutable:
+        rows[stranded.uuid] = {
+            "uuid": stranded.uuid,
+            "pool": None,
+            "placed": None,
+            "unroutable": {
+                "reason": stranded.reason.value,
+                "resource": stranded.resource,
+                "requested": stranded.requested,
+                "largest": stranded.largest,
+                "held_by": stranded.held_by,
+            },
+        }
+    for uuid, row in rows.items():
+        since = first_seen.get(uuid)
+        row["waiting_seconds"] = None if since is None else round(now - since, 3)
+    ordered = [rows[k] for k in sorted(rows)]
+    return {
+        "staged": ordered[:LIST_LIMIT],
+        "count": len(ordered),
+        "unroutable_count": len(plan.routing.unroutable),
+    }
+
+
 def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
     now = ctx.clock()
     snap = ctx.state.snapshot
+    latest = ctx.state.plan
     pools: dict[str, Any] = {}
     for name, state in sorted(snap.pools.items()):
         runtime = ctx.pools[name]
@@ -104,6 +168,7 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
                 None if state.last_launch_at is None else round(now - state.last_launch_at, 3)
             ),
             "decision": _decision(state.last_decision),
+            "planner": _planner(latest.pools.get(name) if latest else None, state, now),
             "failed_starts": state.failed_starts,
             "exit_after_num_failed": runtime.exit_after_num_failed,
         }
@@ -116,4 +181,6 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
         "snapshot_version": snap.version,
         "snapshot_age_seconds": round(now - snap.taken_at, 3),
         "pools": pools,
+        "workers_info": _obs(snap.workers, now),
+        "bundles": _bundles(latest, ctx.state.waits.first_seen, now),
     }

@@ -23,7 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError, LoginRefused, TransientError
-from codalab_scaler.service.context import BundleSource, Context, Fatal, PoolRuntime
+from codalab_scaler.service.context import (
+    BundleSource,
+    Context,
+    Fatal,
+    PoolRuntime,
+    WorkerSource,
+)
 from codalab_scaler.service.health import Liveness
 from codalab_scaler.service.metrics import LeaderCollector, Metrics, ScrapeView, SnapshotCollector
 from codalab_scaler.service.state import StateStore
@@ -47,6 +53,8 @@ class Overrides:
 
     bundles: BundleSource | None = None
     backends: Mapping[str, Backend] | None = None
+    # The workers/info source when ``bundles`` is replaced (else the client serves both).
+    workers: WorkerSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +88,9 @@ def assemble(
     )
     policies = {name: settings.policy(name) for name in settings.pools}  # fixed for life
     metrics.registry.register(SnapshotCollector(
-        lambda: ScrapeView(snapshot=state.snapshot, policies=policies, now=clock())
+        lambda: ScrapeView(
+            snapshot=state.snapshot, policies=policies, now=clock(), plan=state.plan
+        )
     ))  # fmt: skip
     leadership = _leadership(settings)
     metrics.registry.register(LeaderCollector(lambda: leadership is None or leadership.is_leader()))
@@ -130,6 +140,7 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
     password = settings.password.get_secret_value()
     retry = settings.retry_policy()
     bundles = parts.overrides.bundles
+    workers = parts.overrides.workers
     if bundles is None:
         client = CodaLabClient(
             settings.server,
@@ -139,7 +150,8 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
             on_retry=parts.metrics.retry_hook("codalab"),
             clock=parts.clock,
         )
-        bundles = await stack.enter_async_context(_closed_quietly("codalab", _aclosing(client)))
+        opened = await stack.enter_async_context(_closed_quietly("codalab", _aclosing(client)))
+        bundles = workers = opened
     if login:
         await log_in(bundles)
     credentials = WorkerCredentials(settings.username, password, settings.password_file)
@@ -166,6 +178,8 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
             ),
             shape=pool.shape(),
             prefilter=not pool.no_prefilter,
+            spec=settings.pool_spec(name),
+            cancel_stuck_workers=pool.cancel_stuck_workers,
             exit_after_num_failed=pool.exit_after_num_failed,
             on_retry=parts.metrics.retry_hook("backend", name),
         )
@@ -183,6 +197,7 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
         call_timeout=settings.request_timeout_seconds,
         dry_run=settings.dry_run,
         leadership=parts.leadership,
+        workers=workers,
     )
 
 

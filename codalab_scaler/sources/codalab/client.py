@@ -47,6 +47,7 @@ from codalab_scaler.sources.codalab.jsonapi import (
     ParsedBundles,
     parse_bundles,
 )
+from codalab_scaler.sources.codalab.workers import ParsedWorkers, parse_workers
 from codalab_scaler.sources.retry import (
     RetryHook,
     RetryPolicy,
@@ -261,6 +262,28 @@ class CodaLabClient:
                 bundles=len(parsed.bundles),
                 malformed=len(parsed.malformed),
                 pages=pages,
+            )
+            return parsed
+        raise TransientError("CodaLab rejected a freshly issued token (401 on /rest/workers/info)")
+
+    # --- registered workers -----------------------------------------------------------------
+
+    async def fetch_workers(self) -> ParsedWorkers:
+        """The workers the user has checked in with CodaLab; malformed entries set aside, warned."""
+        for attempt in (1, 2):
+            token = await self._ensure_token()
+            try:
+                parsed = parse_workers(await self._get_json("/rest/workers/info", token))
+            except TokenRejected:
+                log.warning("codalab.token_rejected", username=self.username, attempt=attempt)
+                await self._forget_token(token)
+                continue
+            for bad in parsed.malformed:
+                log.warning("codalab.worker_malformed", worker_id=bad.worker_id, reason=bad.reason)
+            log.debug(
+                "codalab.workers_fetched",
+                workers=len(parsed.workers),
+                malformed=len(parsed.malformed),
             )
             return parsed
         raise TransientError("CodaLab rejected a freshly issued token (401 on /rest/workers/info)")

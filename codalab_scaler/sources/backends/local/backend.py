@@ -159,6 +159,13 @@ class LocalBackend:
     async def aclose(self) -> None:
         """Nothing to release: workers keep running and the records stay for the next instance."""
 
+    async def cancel(self, job_id: str) -> None:
+        """SIGTERM the worker of ``job_id`` (a stuck one); gone already is fine."""
+        for record in self._scan():
+            if record.job_id == job_id and self._alive(record):
+                self._signal(record, signal.SIGTERM)
+                log.info("local.worker_cancelled", pool=self._pool, job_id=job_id, pid=record.pid)
+
     async def stop_all(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - the SIGTERM grace period, not a deadline for this call
         """SIGTERM every live worker of this pool, SIGKILL whoever is left after ``timeout``."""
         live = [record for record in self._scan() if self._alive(record)]

@@ -1,0 +1,325 @@
+"""The planner in the service: in-memory peers, a fake clock, several pools stepped together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.errors import LaunchRefused, TransientError
+from codalab_scaler.core.model import JobState, RegisteredWorker, StagedBundle
+from codalab_scaler.service import planning
+from codalab_scaler.service.app import make_app
+from codalab_scaler.service.context import Context
+from codalab_scaler.service.health import HealthReport
+from codalab_scaler.service.loops import run_once
+from codalab_scaler.service.observe import poll_jobs
+from codalab_scaler.service.planning import plan_pass, poll_demand, poll_workers
+from codalab_scaler.service.status import build_status
+from codalab_scaler.service.wiring import Overrides
+from tests.fakes import FakeBackend, FakeBundles, FakeClock
+from tests.harness import opened, started
+from tests.waiting import eventually
+
+GIB = 1 << 30
+
+
+@dataclass
+class FakeWorkers:
+    """workers/info: the check-ins to answer, or an error to raise."""
+
+    workers: list[RegisteredWorker] = field(default_factory=list)
+    error: Exception | None = None
+    malformed: tuple[object, ...] = ()
+
+    async def fetch_workers(self) -> FakeWorkers:
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def register(self, worker_id: str, *, cpus: int = 1, runs: int = 0) -> None:
+        self.workers.append(
+            RegisteredWorker(
+                f"host-{worker_id}", cpus, 0, 2 * GIB, run_uuids=tuple(f"r{i}" for i in range(runs))
+            )
+        )
+
+
+@dataclass
+class CancellingBackend(FakeBackend):
+    cancelled: list[str] = field(default_factory=list)
+
+    async def cancel(self, job_id: str) -> None:
+        self.cancelled.append(job_id)
+        self.jobs.pop(job_id, None)
+
+
+class Service:
+    def __init__(self, ctx: Context, registry: CollectorRegistry, clock: FakeClock,
+                 bundles: FakeBundles, workers: FakeWorkers,
+                 backends: dict[str, FakeBackend]) -> None:  # fmt: skip
+        self.ctx, self.registry, self.clock = ctx, registry, clock
+        self.bundles, self.workers, self.backends = bundles, workers, backends
+
+    async def poll(self) -> None:
+        await asyncio.gather(
+            poll_demand(self.ctx),
+            poll_workers(self.ctx),
+            *(poll_jobs(self.ctx, p) for p in self.ctx.pools.values()),
+        )
+
+    async def cycle(self) -> dict[str, tuple[str, int]]:
+        await self.poll()
+        results = await plan_pass(self.ctx)
+        return {name: (d.reason.value, n) for name, (d, n) in results.items()}
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+Factory = Callable[..., Awaitable[Service]]
+
+
+def settings(pools: dict[str, dict[str, Any]], **top: Any) -> Settings:
+    def pool(p: dict[str, Any]) -> dict[str, Any]:
+        backend = {k: p.pop(k) for k in list(p) if k in {"cpus", "gpus", "memory_mb"}}
+        return {"min_workers": 0, "max_workers": 10, "backend": backend, **p}
+
+    return Settings.model_validate(
+        {
+            "username": "alice",
+            "password": "pw",
+            "sleep_time": 5,
+            **top,
+            "pools": {name: pool(dict(p)) for name, p in pools.items()},
+        }
+    )
+
+
+@pytest_asyncio.fixture
+async def service() -> AsyncIterator[Factory]:
+    async with AsyncExitStack() as stack:
+
+        async def make(pools: dict[str, dict[str, Any]], *, cancel: bool = False,
+                       **top: Any) -> Service:  # fmt: skip
+            clock, bundles, workers = FakeClock(), FakeBundles(), FakeWorkers()
+            kind = CancellingBackend if cancel else FakeBackend
+            backends: dict[str, FakeBackend] = {name: kind() for name in pools}
+            registry = CollectorRegistry()
+            overrides = Overrides(bundles=bundles, backends=backends, workers=workers)
+            ctx = await stack.enter_async_context(
+                opened(settings(pools, **top), clock=clock, registry=registry, overrides=overrides)
+            )
+            return Service(ctx, registry, clock, bundles, workers, backends)
+
+        yield make
+
+
+def stage(bundles: FakeBundles, n: int, *, gpus: int = 0, tag: str = "") -> None:
+    start = len(bundles.staged)
+    bundles.staged += [
+        StagedBundle(f"0x{i:032x}", 1, gpus, GIB, tag) for i in range(start, start + n)
+    ]
+
+
+async def test_two_overlapping_pools_launch_exactly_the_workers_needed(service: Factory) -> None:
+    s = await service({"a": {"policy": "fast"}, "b": {"policy": "fast"}})
+    stage(s.bundles, 3)
+    assert await s.cycle() == {"a": ("staged_work", 3), "b": ("no_staged", 0)}
+    assert len(s.bundles.calls) == 1  # same keywords: one search for both pools
+    # Booting workers cover the bundles: nothing more, however many passes.
+    assert await s.cycle() == {"a": ("covered_by_workers", 0), "b": ("no_staged", 0)}
+    assert [len(b.launched) for b in s.backends.values()] == [3, 0]
+
+
+async def test_two_compat_pools_no_longer_double_count(service: Factory) -> None:
+    pools = {"a": {"max_launches_per_pass": 10, "min_seconds_between_workers": 0}}
+    s = await service({**pools, "b": dict(pools["a"])})
+    stage(s.bundles, 3)
+    assert await s.cycle() == {"a": ("staged_work", 3), "b": ("no_staged", 0)}
+
+
+async def test_a_gpu_bundle_goes_to_the_gpu_pool(service: Factory) -> None:
+    s = await service({"cpu": {"policy": "fast"}, "gpu": {"policy": "fast", "gpus": 1}})
+    stage(s.bundles, 2)
+    stage(s.bundles, 1, gpus=1)
+    assert await s.cycle() == {"cpu": ("staged_work", 2), "gpu": ("staged_work", 1)}
+
+
+async def test_a_refusing_pool_backs_off_and_its_bundles_fall_through(
+    service: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planning, "jitter", lambda: 0.999999)
+    s = await service({"first": {"policy": "fast", "priority": 1}, "second": {"policy": "fast"}})
+    s.backends["first"].launch_error = LaunchRefused("no such queue")
+    stage(s.bundles, 2)
+    with capture_logs() as logs:
+        assert await s.cycle() == {"first": ("staged_work", 0), "second": ("no_staged", 0)}
+    assert [e["seconds"] for e in logs if e["event"] == "pool.backing_off"] == [10.0]
+    assert s.sample("codalab_scaler_backoff_remaining_seconds", pool="first") == pytest.approx(10)
+    assert await s.cycle() == {"first": ("backing_off", 0), "second": ("staged_work", 2)}
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    assert status["pools"]["first"]["planner"]["backoff_seconds"] == pytest.approx(10)
+
+
+async def test_a_failed_workers_view_is_a_stale_supply_view(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast"}, "c": {"search": ["x"]}})
+    s.workers.error = TransientError("codalab: 502")
+    stage(s.bundles, 2)
+    result = await s.cycle()
+    assert result["f"] == ("stale_view", 0)
+    decision = s.ctx.state.snapshot.pools["f"].last_decision
+    assert decision is not None
+    assert decision.stale == ("workers:failed",)
+
+
+async def test_a_registered_idle_worker_takes_the_bundle_instead_of_a_launch(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast"}})
+    stage(s.bundles, 1)
+    assert await s.cycle() == {"f": ("staged_work", 1)}
+    (worker,) = s.backends["f"].launched
+    s.backends["f"].activate_all()
+    s.workers.register(worker)
+    stage(s.bundles, 1)  # a second bundle: the registered worker has room for one
+    assert await s.cycle() == {"f": ("staged_work", 1)}
+    plan = s.ctx.state.plan
+    assert plan is not None
+    where = sorted(p.where.value for p in plan.pools["f"].placements)
+    assert where == ["new", "serving"]
+
+
+async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}}, cancel=True)  # fmt: skip
+    stage(s.bundles, 1)
+    await s.cycle()
+    backend = s.backends["f"]
+    assert isinstance(backend, CancellingBackend)
+    (worker,) = backend.launched
+    backend.activate_all()  # running, but its cl-worker never checks in
+    s.clock.advance(30)
+    await s.cycle()
+    assert backend.cancelled == []
+    s.clock.advance(31)
+    with capture_logs() as logs:
+        await s.cycle()
+        await s.cycle()
+    assert [e["job_id"] for e in logs if e["event"] == "worker.stuck"] == [f"job-{worker}"]
+    assert backend.cancelled == [f"job-{worker}"]
+    assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 1
+    assert any(e["event"] == "pool.backing_off" for e in logs)
+
+
+async def test_unroutable_bundles_are_logged_once_per_reason_and_exported(
+    service: Factory,
+) -> None:
+    s = await service({"cpu": {"policy": "fast"}})
+    stage(s.bundles, 1, gpus=2)
+    stage(s.bundles, 1, tag="elsewhere")
+    with capture_logs() as logs:
+        await s.cycle()
+        await s.cycle()
+    summaries = [e for e in logs if e["event"] == "bundles.unroutable"]
+    assert len(summaries) == 1  # one warning for the pass, none on the next: nothing changed
+    assert summaries[0]["reasons"] == {"no_pool_for_tag": 1, "too_large": 1}
+    events = [(e["reason"], e["resource"]) for e in summaries[0]["examples"]]
+    assert sorted(events, key=str) == [("no_pool_for_tag", None), ("too_large", "gpus")]
+    assert s.sample("codalab_scaler_unroutable_bundles", reason="too_large") == 1
+    assert s.sample("codalab_scaler_unroutable_bundles", reason="no_pool_for_tag") == 1
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    reasons = sorted(b["unroutable"]["reason"] for b in status["bundles"]["staged"])
+    assert reasons == ["no_pool_for_tag", "too_large"]
+
+
+async def test_malformed_workers_are_counted(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast"}})
+    s.workers.malformed = (object(), object())
+    await s.cycle()
+    assert s.sample("codalab_scaler_malformed_workers_total") == 2
+
+
+async def test_run_once_plans_every_pool_in_one_pass(service: Factory) -> None:
+    s = await service({"a": {"policy": "fast"}, "b": {"policy": "fast"}})
+    stage(s.bundles, 2)
+    assert (await run_once(s.ctx)).ok
+    assert [len(b.launched) for b in s.backends.values()] == [2, 0]
+
+
+@pytest.mark.looptime
+async def test_a_compat_service_decides_once_per_interval() -> None:
+    backend, bundles = FakeBackend(), FakeBundles()
+    bundles.stage(100)
+    app = make_app(
+        settings({"p": {"max_workers": 100, "min_seconds_between_workers": 0}}, sleep_time=2),
+        clock=asyncio.get_running_loop().time,
+        registry=CollectorRegistry(),
+        overrides=Overrides(bundles=bundles, backends={"p": backend}),
+    )
+    async with started(app):
+        await asyncio.sleep(60)
+    assert 29 <= len(backend.launched) <= 31  # the original: at most 30; before: 58
+
+
+@pytest.mark.looptime
+async def test_the_live_service_runs_the_planner_with_its_workers_view() -> None:
+    backend, bundles, workers = FakeBackend(), FakeBundles(), FakeWorkers()
+    stage(bundles, 4)
+    app = make_app(
+        settings({"p": {"policy": "fast"}}, sleep_time=1),
+        clock=asyncio.get_running_loop().time,
+        registry=CollectorRegistry(),
+        overrides=Overrides(bundles=bundles, backends={"p": backend}, workers=workers),
+    )
+    async with started(app) as ctx:
+        await eventually(lambda: len(backend.launched) == 4, "four launches", interval=0.1)
+        await asyncio.sleep(5)
+        assert ctx.state.snapshot.workers.ok
+    assert len(backend.launched) == 4
+    assert all(state is JobState.PENDING for state in backend.jobs.values())
+
+
+async def test_waits_are_measured_from_first_seen_to_launch_and_to_leaving(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "launch_burst": 1, "launch_rate_per_minute": 6}})
+    stage(s.bundles, 2)
+    await s.cycle()  # one token: one launch now, for one of the two bundles
+    s.clock.advance(10)  # one token more
+    await s.cycle()
+    count = "codalab_scaler_bundle_launch_wait_seconds_count"
+    total = "codalab_scaler_bundle_launch_wait_seconds_sum"
+    assert (s.sample(count, pool="f"), s.sample(total, pool="f")) == (2, 10)
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    assert [b["waiting_seconds"] for b in status["bundles"]["staged"]] == [10, 10]
+    s.clock.advance(5)
+    s.bundles.staged.clear()  # both started
+    await s.cycle()
+    assert s.sample("codalab_scaler_bundle_staged_seconds_count", pool="f") == 2
+    assert s.sample("codalab_scaler_bundle_staged_seconds_sum", pool="f") == 30
+
+
+async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: Factory) -> None:
+    s = await service({"gpu": {"policy": "fast", "gpus": 1}})
+    stage(s.bundles, 1, gpus=1)
+    await s.cycle()
+    (worker,) = s.backends["gpu"].launched
+    s.backends["gpu"].activate_all()
+    await s.cycle()
+    s.workers.register(worker)  # its cl-worker found no GPU
+    with capture_logs() as logs:
+        await s.cycle()
+    (event,) = [e for e in logs if e["event"] == "worker.smaller_than_shape"]
+    assert (event["registered"]["gpus"], event["shape"]["gpus"]) == (0, 1)
