@@ -30,7 +30,7 @@ from codalab_scaler.config.settings import (
     format_errors,
 )
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.sources.backends.registry import BACKEND_KINDS, DEFAULT_KIND, backend_kind
+from codalab_scaler.sources.backends.registry import DEFAULT_KIND, backend_kind, kind_names
 
 __all__ = ["ENV_PREFIX", "environment_values", "load_settings", "read_config_file"]
 
@@ -104,7 +104,7 @@ def _with_environ_defaults(values: dict[str, Any], environ: Mapping[str, str]) -
             backend = pool.get("backend", {})
             if isinstance(backend, Mapping):
                 kind = backend.get("kind", DEFAULT_KIND)
-                if kind in {k.name for k in BACKEND_KINDS}:
+                if kind in kind_names():
                     defaults = backend_kind(kind).environ_defaults(environ)
                     filled[name] = {**pool, "backend": {**defaults, **backend, "kind": kind}}
     return {**values, "pools": filled}

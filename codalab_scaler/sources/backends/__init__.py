@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.sources.backends.base import Backend, WorkerCredentials
 from codalab_scaler.sources.backends.registry import BackendSettings, backend_kind
 
-__all__ = ["Backend", "WorkerCredentials", "create_backend", "open_backend"]
+__all__ = ["Backend", "WorkerCredentials", "open_backend"]
 
 
 @asynccontextmanager
@@ -29,14 +28,3 @@ async def open_backend(
     opener = backend_kind(settings.kind).opener()
     async with opener(pool, settings, options, credentials) as backend:
         yield backend
-
-
-def create_backend(
-    pool: str, settings: BackendSettings, options: WorkerOptions, credentials: WorkerCredentials
-) -> Any:
-    """Build the backend without opening it; its own ``aclose`` releases it.
-
-    Kept for the service's synchronous wiring until it opens backends with
-    ``open_backend``; prefer that, which also closes it.
-    """
-    return backend_kind(settings.kind).factory()(pool, settings, options, credentials)

@@ -1,7 +1,7 @@
 """The contract every backend keeps: list this scaler's jobs, launch one worker.
 
 A pool only lists, launches and describes a launch; opening and closing a
-backend belong to its package's ``open_backend`` (see ``registry``).
+backend belong to its opener (see ``registry.BackendKind.opener``).
 
 Consistency: ``list_jobs`` may lag behind ``launch`` (a job accepted a moment
 ago may not be listed yet).  The scaler covers that gap by counting each

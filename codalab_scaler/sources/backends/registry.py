@@ -12,6 +12,7 @@ Only the settings modules are imported here; a kind's ``backend`` module
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -63,10 +64,13 @@ class BackendKind:
     """One kind of backend: its name, settings model, opener and CLI subcommand.
 
     ``package`` is the backend's package; its ``backend`` module must define
-    ``open_backend(pool, settings, options, credentials)``, an async context
-    manager, and ``create_backend`` with the same arguments (the backend,
-    not yet opened).  ``environ_defaults`` gives the defaults that depend on the
-    environment (read only by the loader).  ``also_accepts`` names service
+    ``create_backend(pool, settings, options, credentials)`` (the backend,
+    not yet opened, with an ``aclose``).  Opening it means entering
+    ``contextlib.aclosing`` of it, unless the module also defines
+    ``open_backend`` with the same arguments, an async context manager for a
+    backend that must do more on the way in (kubernetes connects).
+    ``environ_defaults`` gives the defaults that depend on the environment
+    (read only by the loader).  ``also_accepts`` names service
     or pool settings the original ``cl-worker-manager`` also accepted after
     this subcommand.
     """
@@ -81,8 +85,19 @@ class BackendKind:
     also_accepts: tuple[str, ...] = ()
 
     def opener(self) -> Opener:
-        """Import the backend module (and its SDK) now, and return its ``open_backend``."""
-        return cast("Opener", self._backend_module().open_backend)
+        """Import the backend module (and its SDK) now, and return how to open one."""
+        module = self._backend_module()
+        own = getattr(module, "open_backend", None)
+        if own is not None:
+            return cast("Opener", own)
+        create = cast("Factory", module.create_backend)
+
+        def open_backend(
+            pool: str, settings: Any, options: WorkerOptions, credentials: WorkerCredentials
+        ) -> AbstractAsyncContextManager[Backend]:
+            return contextlib.aclosing(create(pool, settings, options, credentials))
+
+        return open_backend
 
     def factory(self) -> Factory:
         """Import the backend module now, and return its ``create_backend`` (not opened)."""

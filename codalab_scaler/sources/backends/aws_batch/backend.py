@@ -337,20 +337,5 @@ def create_backend(
     options: WorkerOptions,
     credentials: WorkerCredentials,
 ) -> AwsBatchBackend:
-    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    """Build the backend; its ``aclose`` releases it (the registry opens and closes it)."""
     return AwsBatchBackend(pool, options, settings, credentials)
-
-
-@contextlib.asynccontextmanager
-async def open_backend(
-    pool: str,
-    settings: AwsBatchBackendSettings,
-    options: WorkerOptions,
-    credentials: WorkerCredentials,
-) -> AsyncIterator[AwsBatchBackend]:
-    """The ``aws-batch`` backend of ``pool``; leaving it closes its client (jobs keep running)."""
-    backend = create_backend(pool, settings, options, credentials)
-    try:
-        yield backend
-    finally:
-        await backend.aclose()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -312,20 +312,5 @@ def create_backend(
     options: WorkerOptions,
     credentials: WorkerCredentials,
 ) -> AzureBatchBackend:
-    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    """Build the backend; its ``aclose`` releases it (the registry opens and closes it)."""
     return AzureBatchBackend(pool, options, settings, credentials)
-
-
-@contextlib.asynccontextmanager
-async def open_backend(
-    pool: str,
-    settings: AzureBatchBackendSettings,
-    options: WorkerOptions,
-    credentials: WorkerCredentials,
-) -> AsyncIterator[AzureBatchBackend]:
-    """The ``azure-batch`` backend of ``pool``; leaving it closes its client (tasks run on)."""
-    backend = create_backend(pool, settings, options, credentials)
-    try:
-        yield backend
-    finally:
-        await backend.aclose()

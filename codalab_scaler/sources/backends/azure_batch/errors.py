@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
 from azure.core.exceptions import (
@@ -30,6 +28,7 @@ from azure.core.exceptions import (
 )
 
 from codalab_scaler.core.errors import RefusedError, TransientError
+from codalab_scaler.sources.retry import parse_retry_after
 
 TASK_EXISTS = "TaskExists"
 TRANSIENT_STATUSES = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
@@ -46,21 +45,10 @@ def is_transient(status: int | None) -> bool:
     )
 
 
-def retry_after(error: HttpResponseError, now: datetime | None = None) -> float | None:
+def retry_after(error: HttpResponseError) -> float | None:
     """The ``Retry-After`` of the answer in seconds (delta or HTTP date), if it has one."""
     headers = getattr(error.response, "headers", None) or {}  # absent when no answer came
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return parse_retry_after(headers.get("Retry-After"))
 
 
 def describe(error: HttpResponseError) -> str:

@@ -19,6 +19,7 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from codalab_scaler.core.errors import RefusedError, TransientError
+from codalab_scaler.sources.retry import parse_retry_after
 
 TRANSIENT_STATUSES = frozenset({HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.GONE})
 
@@ -29,11 +30,7 @@ def is_transient(status: int) -> bool:
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
     """The ``Retry-After`` seconds of an answer (the API server sends seconds, not dates)."""
-    value = (headers or {}).get("Retry-After")
-    try:
-        return None if value is None else max(0.0, float(value))
-    except ValueError:
-        return None
+    return parse_retry_after((headers or {}).get("Retry-After"))
 
 
 def describe(exc: ApiException) -> str:

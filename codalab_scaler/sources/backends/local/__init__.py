@@ -1,5 +1,5 @@
 """The embedded default backend: ``cl-worker`` processes on this machine.
 
 ``settings`` holds the model (importing nothing heavy); ``backend`` runs
-the processes and provides ``open_backend``.
+the processes and provides ``create_backend``.
 """

@@ -30,8 +30,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,20 +372,5 @@ def create_backend(
     options: WorkerOptions,
     credentials: WorkerCredentials,
 ) -> LocalBackend:
-    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    """Build the backend; its ``aclose`` releases it (the registry opens and closes it)."""
     return LocalBackend(pool, options, settings.state_dir, env=credentials.env())
-
-
-@asynccontextmanager
-async def open_backend(
-    pool: str,
-    settings: LocalBackendSettings,
-    options: WorkerOptions,
-    credentials: WorkerCredentials,
-) -> AsyncIterator[LocalBackend]:
-    """The ``local`` backend of ``pool``; leaving it keeps the workers running."""
-    backend = create_backend(pool, settings, options, credentials)
-    try:
-        yield backend
-    finally:
-        await backend.aclose()

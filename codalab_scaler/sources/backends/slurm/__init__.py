@@ -1,5 +1,5 @@
 """The ``slurm-batch`` backend: workers as Slurm batch jobs.
 
 ``settings`` is the model (no subprocess import); ``backend`` submits and
-lists jobs and provides ``open_backend``.
+lists jobs and provides ``create_backend``.
 """

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,20 +230,5 @@ def create_backend(
     options: WorkerOptions,
     credentials: WorkerCredentials,
 ) -> SlurmBatchBackend:
-    """Build the backend; its ``aclose`` releases it (``open_backend`` does both)."""
+    """Build the backend; its ``aclose`` releases it (the registry opens and closes it)."""
     return SlurmBatchBackend(pool, options, settings, credentials)
-
-
-@asynccontextmanager
-async def open_backend(
-    pool: str,
-    settings: SlurmBatchBackendSettings,
-    options: WorkerOptions,
-    credentials: WorkerCredentials,
-) -> AsyncIterator[SlurmBatchBackend]:
-    """The ``slurm-batch`` backend of ``pool``; leaving it keeps the jobs running."""
-    backend = create_backend(pool, settings, options, credentials)
-    try:
-        yield backend
-    finally:
-        await backend.aclose()
