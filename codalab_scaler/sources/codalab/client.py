@@ -360,9 +360,14 @@ class CodaLabClient:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
                 text = await response.text(errors="replace")
+        # An unreachable or silent server is one failure whichever request met it
+        # (a poll makes several): the message names the server, not the request, so
+        # one outage reads as one error and is warned once.
         except TimeoutError:
-            raise TransientError(f"{method} {path}: timed out") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransientError(f"CodaLab at {self._server}: timed out") from None
+        except aiohttp.ClientConnectionError as exc:
+            raise TransientError(f"CodaLab at {self._server}: {type(exc).__name__}") from None
+        except aiohttp.ClientPayloadError as exc:
             raise TransientError(f"{method} {path}: {type(exc).__name__}") from None
         if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
             return _decode_json(text, path)
