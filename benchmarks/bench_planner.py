@@ -40,7 +40,6 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

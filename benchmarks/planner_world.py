@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
 from typing import Any
 
 from codalab_scaler.config.settings import Settings

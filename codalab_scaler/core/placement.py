@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from codalab_scaler.core.model import StagedBundle
 from codalab_scaler.core.prefilter import WorkerShape
-from codalab_scaler.core.supply import Capacity, PoolWorker, WorkerState
+from codalab_scaler.core.supply import PoolWorker, WorkerState
 
 
 class Where(enum.StrEnum):
@@ -53,31 +53,53 @@ def pack(
     A bundle larger than ``shape`` that fits no existing worker still gets a
     new worker of its own (the router only sends such a bundle when the
     prefilter is off, as the original counts it).
+
+    Bundles of the same size come one after another (they sort together),
+    and the bins before the one the previous of them went to did not fit it
+    and have not changed since: the search for the next one starts there.
+    So each run of equal bundles walks the bins once, and a pass costs about
+    (distinct sizes x bins + bundles), not (bundles x bins).  The free
+    capacity of the bins is kept in three lists, the cheapest to compare.
     """
     order = [w for w in workers if w.state is WorkerState.SERVING] + [
         w for w in workers if w.state is WorkerState.BOOTING
     ]
-    bins: list[tuple[Where, str, Capacity]] = [
-        (Where(w.state.value), w.job_id, w.free) for w in order
-    ]
-    used = [False] * len(bins)
-    existing = len(bins)
+    wheres = [Where(w.state.value) for w in order]
+    names = [w.job_id for w in order]
+    cpus = [w.free.cpus for w in order]
+    gpus = [w.free.gpus for w in order]
+    memory = [w.free.memory_bytes for w in order]
+    used = [False] * len(order)
+    existing = len(order)
     placements: list[Placement] = []
-    for bundle in sorted(bundles, key=_size):
-        need = (bundle.cpus, bundle.gpus, bundle.memory_bytes)
-        for i, (where, worker, free) in enumerate(bins):
-            if free.fits(*need):
-                bins[i] = (where, worker, free.minus(*need))
-                used[i] = True
-                placements.append(Placement(bundle.uuid, where, worker))
-                break
-        else:
-            label = f"new-{len(bins) - existing + 1}"
-            bins.append((Where.NEW, label, Capacity.of(shape).minus(*need)))
-            used.append(True)
-            placements.append(Placement(bundle.uuid, Where.NEW, label))
-    untouched = tuple(bins[i][1] for i in range(existing) if not used[i])
-    return Packing(tuple(placements), len(bins) - existing, untouched)
+    ranked = sorted(bundles, key=_size)
+    start = 0
+    while start < len(ranked):
+        c, g, m = ranked[start].cpus, ranked[start].gpus, ranked[start].memory_bytes
+        end = start + 1
+        while end < len(ranked) and (
+            ranked[end].cpus == c and ranked[end].gpus == g and ranked[end].memory_bytes == m
+        ):
+            end += 1
+        k = 0
+        for bundle in ranked[start:end]:
+            while k < len(cpus) and not (c <= cpus[k] and g <= gpus[k] and m <= memory[k]):
+                k += 1
+            if k == len(cpus):  # fits no worker: a new one, even when it is larger than shape
+                names.append(f"new-{k - existing + 1}")
+                wheres.append(Where.NEW)
+                cpus.append(shape.cpus)
+                gpus.append(shape.gpus)
+                memory.append(shape.memory_bytes)
+                used.append(True)
+            cpus[k] -= c
+            gpus[k] -= g
+            memory[k] -= m
+            used[k] = True
+            placements.append(Placement(bundle.uuid, wheres[k], names[k]))
+        start = end
+    untouched = tuple(names[i] for i in range(existing) if not used[i])
+    return Packing(tuple(placements), len(names) - existing, untouched)
 
 
 def lower_bound(bundles: Iterable[StagedBundle], shape: WorkerShape) -> int:
