@@ -135,6 +135,34 @@ def _set_aside(filtered: Mapping[str, Iterable[FilteredBundle]], kept: set[str])
     ]
 
 
+# What routing decides for a bundle: the pool it goes to, or why none takes it (the
+# ``Stranded`` without its uuid) and the pool that holds it, if any.
+_Choice = tuple[str | None, Stranded | None]
+
+
+def _choose(
+    ordered: Sequence[RouteSpec],
+    returned_by: Sequence[str],
+    bundle: StagedBundle,
+    availability: Mapping[str, Availability],
+) -> _Choice:
+    """The pool for ``bundle`` (returned by the pools ``returned_by``), or why there is none."""
+    by_tag = [s for s in ordered if s.name in returned_by and tag_allows(s, bundle)]
+    if not by_tag:
+        return None, Stranded("", Unroutable.NO_POOL_FOR_TAG)
+    eligible = sorted((s for s in by_tag if _fits(s, bundle)), key=lambda s: _order(s, bundle))
+    if not eligible:
+        largest = max(by_tag, key=lambda s: (s.shape.gpus, s.shape.cpus, s.shape.memory_mb))
+        resource, asked, offered = _exceeds(bundle, largest.shape) or ("cpus", 0, 0)
+        return None, Stranded("", Unroutable.TOO_LARGE, resource, asked, offered)
+    free = [s for s in eligible if availability.get(s.name, Availability()).blocked is None]
+    if free:
+        return free[0].name, None
+    first = eligible[0].name
+    reason = availability.get(first, Availability()).blocked or Unroutable.POOLS_AT_MAX
+    return first, Stranded("", reason, held_by=first)
+
+
 def route(
     specs: Sequence[RouteSpec],
     searched: Mapping[str, Iterable[StagedBundle]],
@@ -146,37 +174,40 @@ def route(
     ``filtered`` are bundles a pool's search returned that its prefilter
     already set aside (the service's views are prefiltered); one no pool
     kept is ``too_large``, with the largest offer of the resource.
+
+    The choice depends only on the bundle's request (cpus, gpus, memory,
+    tag) and on which pools returned it, and thousands of staged bundles
+    share a few such keys: each key is decided once per pass.
     """
     ordered = sorted(specs, key=lambda s: s.name)
-    returned: dict[str, set[str]] = {}
+    returned: dict[str, list[str]] = {}
     bundles: dict[str, StagedBundle] = {}
     for spec in ordered:
         for bundle in searched.get(spec.name, ()):
-            bundles.setdefault(bundle.uuid, bundle)
-            returned.setdefault(bundle.uuid, set()).add(spec.name)
+            names = returned.get(bundle.uuid)
+            if names is None:
+                bundles[bundle.uuid] = bundle
+                returned[bundle.uuid] = [spec.name]
+            elif names[-1] != spec.name:
+                names.append(spec.name)
     routed: dict[str, list[StagedBundle]] = {}
     held: dict[str, list[StagedBundle]] = {}
     stranded: list[Stranded] = []
+    choices: dict[tuple[int, int, int, str, tuple[str, ...]], _Choice] = {}
     for uuid in sorted(bundles):
         bundle = bundles[uuid]
-        by_tag = [s for s in ordered if s.name in returned[uuid] and tag_allows(s, bundle)]
-        if not by_tag:
-            stranded.append(Stranded(uuid, Unroutable.NO_POOL_FOR_TAG))
+        key = (bundle.cpus, bundle.gpus, bundle.memory_bytes, bundle.tag, tuple(returned[uuid]))
+        choice = choices.get(key)
+        if choice is None:
+            choice = choices[key] = _choose(ordered, key[4], bundle, availability)
+        pool, why = choice
+        if why is None:
+            routed.setdefault(pool or "", []).append(bundle)
             continue
-        eligible = sorted((s for s in by_tag if _fits(s, bundle)), key=lambda s: _order(s, bundle))
-        if not eligible:
-            largest = max(by_tag, key=lambda s: (s.shape.gpus, s.shape.cpus, s.shape.memory_mb))
-            resource, asked, offered = _exceeds(bundle, largest.shape) or ("cpus", 0, 0)
-            stranded.append(Stranded(uuid, Unroutable.TOO_LARGE, resource, asked, offered))
-            continue
-        free = [s for s in eligible if availability.get(s.name, Availability()).blocked is None]
-        if free:
-            routed.setdefault(free[0].name, []).append(bundle)
-            continue
-        first = eligible[0].name
-        reason = availability.get(first, Availability()).blocked or Unroutable.POOLS_AT_MAX
-        held.setdefault(first, []).append(bundle)
-        stranded.append(Stranded(uuid, reason, held_by=first))
+        if pool is not None:
+            held.setdefault(pool, []).append(bundle)
+        stranded.append(Stranded(uuid, why.reason, why.resource, why.requested, why.largest,
+                                 why.held_by))  # fmt: skip
     stranded += _set_aside(filtered or {}, set(bundles))
     return Routing(
         routed={k: tuple(v) for k, v in routed.items()},
