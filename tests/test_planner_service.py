@@ -323,3 +323,26 @@ async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: 
         await s.cycle()
     (event,) = [e for e in logs if e["event"] == "worker.smaller_than_shape"]
     assert (event["registered"]["gpus"], event["shape"]["gpus"]) == (0, 1)
+
+
+async def test_status_lists_the_first_bundles_by_uuid_and_counts_them_all(
+    service: Factory,
+) -> None:
+    s = await service({"cpu": {"policy": "fast", "max_workers": 200}})
+    stage(s.bundles, 150)
+    stage(s.bundles, 30, gpus=2)  # too large: unroutable, uuids after the first 150
+    s.bundles.staged.reverse()  # the order CodaLab answers in does not matter
+    await s.cycle()
+    bundles = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))["bundles"]
+    assert (bundles["count"], bundles["unroutable_count"]) == (180, 30)
+    rows = bundles["staged"]
+    assert [r["uuid"] for r in rows] == [f"0x{i:032x}" for i in range(100)]
+    assert {r["pool"] for r in rows} == {"cpu"}
+    assert all(r["placed"]["where"] == "new" and r["unroutable"] is None for r in rows)
+    s.bundles.staged = [b for b in s.bundles.staged if b.gpus or int(b.uuid, 16) >= 95]
+    await s.cycle()
+    bundles = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))["bundles"]
+    rows = bundles["staged"]
+    assert [r["uuid"] for r in rows] == [f"0x{i:032x}" for i in range(95, 180)][:100]
+    assert [r["unroutable"]["reason"] for r in rows[-30:]] == ["too_large"] * 30
+    assert (rows[-1]["pool"], rows[-1]["placed"]) == (None, None)

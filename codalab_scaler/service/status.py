@@ -7,6 +7,7 @@ reach it.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,39 +79,43 @@ def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any]
 
 
 def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> dict[str, Any]:
-    """Each staged bundle: its pool and where it is placed, or why no pool takes it."""
+    """Each staged bundle: its pool and where it is placed, or why no pool takes it.
+
+    Only the first ``LIST_LIMIT`` by uuid are described (a pass may hold 10,000).
+    """
     if plan is None:
         return {"staged": [], "count": 0, "unroutable_count": 0}
+    pool_of = {b.uuid: pool for pool, bundles in plan.routing.routed.items() for b in bundles}
+    stranded_of = {s.uuid: s for s in plan.routing.unroutable}
+    staged = pool_of.keys() | stranded_of.keys()
+    shown = heapq.nsmallest(LIST_LIMIT, staged)
+    wanted = set(shown)
     placed = {
         x.uuid: {"where": x.where.value, "worker": x.worker}
         for p in plan.pools.values()
         for x in p.placements
+        if x.uuid in wanted
     }
-    rows: dict[str, dict[str, Any]] = {}
-    for pool, bundles in plan.routing.routed.items():
-        for b in bundles:
-            rows[b.uuid] = {"uuid": b.uuid, "pool": pool, "placed": placed.get(b.uuid),
-                            "unroutable": None}  # fmt: skip
-    for stranded in plan.routing.unroutable:
-        rows[stranded.uuid] = {
-            "uuid": stranded.uuid,
-            "pool": None,
-            "placed": None,
-            "unroutable": {
+    rows = []
+    for uuid in shown:
+        stranded = stranded_of.get(uuid)
+        row: dict[str, Any] = {"uuid": uuid, "pool": None, "placed": None, "unroutable": None}
+        if stranded is None:
+            row["pool"], row["placed"] = pool_of[uuid], placed.get(uuid)
+        else:
+            row["unroutable"] = {
                 "reason": stranded.reason.value,
                 "resource": stranded.resource,
                 "requested": stranded.requested,
                 "largest": stranded.largest,
                 "held_by": stranded.held_by,
-            },
-        }
-    for uuid, row in rows.items():
+            }
         since = first_seen.get(uuid)
         row["waiting_seconds"] = None if since is None else round(now - since, 3)
-    ordered = [rows[k] for k in sorted(rows)]
+        rows.append(row)
     return {
-        "staged": ordered[:LIST_LIMIT],
-        "count": len(ordered),
+        "staged": rows,
+        "count": len(staged),
         "unroutable_count": len(plan.routing.unroutable),
     }
 
