@@ -392,3 +392,23 @@ async def test_a_failed_launch_attempt_starts_the_cooldown(
     assert await h.cycle() == ("cooldown", 0)
     h.clock.advance(60)
     assert await h.cycle() == ("staged_work", 1)
+
+
+async def test_filtered_bundles_are_one_event_per_poll_with_examples(
+    harness: HarnessFactory,
+) -> None:
+    h = await harness(min_workers=0, cpus=1)
+    h.bundles.stage(8, cpus=4)  # too many cpus for the worker shape
+    h.bundles.stage(1)
+    with capture_logs() as logs:
+        await h.poll()
+        await h.poll()  # the same bundles: nothing new to report
+        h.bundles.stage(2, cpus=2)
+        await h.poll()
+    events = [e for e in logs if e["event"] == "bundles.filtered"]
+    assert [(e["count"], e["reasons"]) for e in events] == [(8, {"cpus": 8}), (2, {"cpus": 2})]
+    assert [len(e["examples"]) for e in events] == [5, 2]
+    assert events[1]["examples"][0] == {"uuid": f"0x{9:032x}", "reason": "cpus",
+                                        "requested": 2, "available": 1}  # fmt: skip
+    each = [e["uuid"] for e in logs if e["event"] == "bundle.filtered"]
+    assert each == [f"0x{i:032x}" for i in [*range(8), 9, 10]]  # at debug, one per bundle

@@ -7,6 +7,8 @@ see a stale view (never an empty one) and launch nothing for that pool.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -14,7 +16,14 @@ from typing import Any
 import structlog
 
 from codalab_scaler.core.errors import RefusedError, ScalerError, TransientError
-from codalab_scaler.core.model import InFlightLaunch, JobState, Observation, PoolState, WorkerJob
+from codalab_scaler.core.model import (
+    FilteredBundle,
+    InFlightLaunch,
+    JobState,
+    Observation,
+    PoolState,
+    WorkerJob,
+)
 from codalab_scaler.core.prefilter import prefilter
 from codalab_scaler.service.context import Context, PoolRuntime
 from codalab_scaler.sources.retry import call_with_retry
@@ -76,6 +85,35 @@ def _recovered(ctx: Context, pool: PoolRuntime, source: str, now: float) -> None
         )
 
 
+FILTERED_EXAMPLES = 5  # bundles named in the one info event per poll; each one goes to debug
+
+
+def _report_filtered(pool: PoolRuntime, new: Sequence[FilteredBundle]) -> None:
+    """One event for the bundles this poll filtered out for the first time.
+
+    A queue of thousands of bundles too large for the pool would otherwise
+    print a line each (8,750 lines, most of ``--once``'s CPU over 10,000
+    bundles); each one is logged at debug, only when debug is on.
+    """
+    if not new:
+        return
+    log.info(
+        "bundles.filtered",
+        pool=pool.name,
+        count=len(new),
+        reasons=dict(Counter(item.reason for item in new)),
+        examples=[_filtered_fields(item) for item in new[:FILTERED_EXAMPLES]],
+    )
+    if log.is_enabled_for(logging.DEBUG):
+        for item in new:
+            log.debug("bundle.filtered", pool=pool.name, **_filtered_fields(item))
+
+
+def _filtered_fields(item: FilteredBundle) -> dict[str, object]:
+    return {"uuid": item.uuid, "reason": item.reason, "requested": item.requested,
+            "available": item.available}  # fmt: skip
+
+
 async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
     """One poll of the staged bundles for ``pool``; True when it succeeded."""
     started = ctx.clock()
@@ -93,16 +131,7 @@ async def poll_bundles(ctx: Context, pool: PoolRuntime) -> bool:
         ctx.metrics.malformed.labels(pool=pool.name).inc(view.malformed)
     previous = ctx.state.snapshot.pools[pool.name].bundles.value
     seen = {f.uuid for f in previous.filtered} if previous is not None else set()
-    for item in view.filtered:
-        if item.uuid not in seen:
-            log.info(
-                "bundles.filtered",
-                pool=pool.name,
-                uuid=item.uuid,
-                reason=item.reason,
-                requested=item.requested,
-                available=item.available,
-            )
+    _report_filtered(pool, [item for item in view.filtered if item.uuid not in seen])
     _recovered(ctx, pool, "bundles", now)
     ctx.state.update(pool.name, lambda s: replace(s, bundles=s.bundles.succeeded(view, now)))
     log.debug(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -238,8 +239,9 @@ def _report_routing(previous: Plan | None, current: Plan) -> None:
         reasons=dict(Counter(stranded.reason.value for stranded in new)),
         examples=[_stranded_fields(stranded) for stranded in new[:UNROUTABLE_EXAMPLES]],
     )
-    for stranded in new:
-        log.debug("bundle.unroutable", **_stranded_fields(stranded))
+    if log.is_enabled_for(logging.DEBUG):  # thousands of lines otherwise built for nothing
+        for stranded in new:
+            log.debug("bundle.unroutable", **_stranded_fields(stranded))
 
 
 def _stranded_fields(stranded: Stranded) -> dict[str, object]:
