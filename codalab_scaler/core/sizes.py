@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_size(text: str) -> int:
     """Return the number of bytes in ``text`` (``"2g"``, ``"512m"``, ``"3"``, ``"1.5g"``).
 
