@@ -17,11 +17,13 @@ Two passes over the same deterministic world (``benchmarks.planner_world``):
 Each is measured in CPU seconds (``time.process_time``, best and median of
 ``--rounds``; the first, warm-up round is dropped), its Python heap peak
 (tracemalloc, one separate round) and, in a fresh child process, the peak
-resident set size (``ru_maxrss``) of a process that imports the service,
+resident set size (``VmHWM``) of a process that imports the service,
 builds the world and runs both passes.  ``--profile`` adds the functions
 that cost most (cProfile, by own time).  Writes
 ``benchmarks/results/bench_planner.json``; ``--label`` names the run
-(``before``/``after``) and the other labels already in the file are kept.
+(``before``/``after``) and the other labels already in the file are kept;
+``--code TREE`` measures another source tree's ``codalab_scaler`` (a
+worktree at the base commit, for the "before").
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from benchmarks.code_tree import command
 from benchmarks.planner_world import NOW, World, settings, world
 from benchmarks.report import write_report
 from codalab_scaler.core.planner import plan
@@ -161,21 +164,35 @@ def measure(w: World, rounds: int, top: int) -> dict[str, Any]:
     return out
 
 
+def peak_rss_kib() -> int:
+    """The peak resident set of the process, KiB.
+
+    ``VmHWM`` belongs to the process's own memory map, so it starts afresh at
+    exec; ``ru_maxrss`` would carry the parent's peak over the fork.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # elsewhere: the best there is
+
+
 def child(bundles: int, jobs_per_pool: int) -> None:
     """In a fresh process: peak RSS after the imports, after building, then after both passes."""
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    imported = peak_rss_kib()
     w = world(bundles, jobs_per_pool)
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    built = peak_rss_kib()
     measure(w, rounds=1, top=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     print(json.dumps({"rss_after_imports_mib": round(imported / 1024, 1),
                       "rss_after_world_mib": round(built / 1024, 1),
                       "rss_peak_mib": round(peak / 1024, 1)}))  # fmt: skip
 
 
-def _rss(bundles: int, jobs_per_pool: int) -> dict[str, float]:
-    args = [sys.executable, "-m", "benchmarks.bench_planner", "--child",
-            "--bundles", str(bundles), "--jobs-per-pool", str(jobs_per_pool)]  # fmt: skip
+def _rss(code: Path | None, bundles: int, jobs_per_pool: int) -> dict[str, float]:
+    child_args = ["--child", "--bundles", str(bundles), "--jobs-per-pool", str(jobs_per_pool)]
+    args = command(code, "benchmarks.bench_planner", child_args)
     done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)  # noqa: S603 - our own module
     rss: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
     return rss
@@ -198,18 +215,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--label", default="after")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--code", type=Path, default=None,
+                        help="measure the codalab_scaler of this source tree (the base commit's "
+                        "for a 'before'); default: this checkout")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--in-tree", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.bundles, args.jobs_per_pool)
         return
+    if args.code is not None and not args.in_tree:
+        again = [*sys.argv[1:], "--in-tree"]
+        subprocess.run(command(args.code, "benchmarks.bench_planner", again), check=True)  # noqa: S603 - our own module
+        return
     w = world(args.bundles, args.jobs_per_pool)
     measured = measure(w, args.rounds, args.profile)
-    rss = _rss(args.bundles, args.jobs_per_pool)
+    rss = _rss(args.code, args.bundles, args.jobs_per_pool)
     worst = max(measured["pure"]["cpu_seconds_median"], measured["service"]["cpu_seconds_median"])
     result = {
         "label": args.label,
         "note": args.note,
+        "code": str(args.code or Path(__file__).resolve().parent.parent),
         "bundles": len(w.bundles),
         "jobs": w.jobs,
         "check_ins": len(w.workers.value or ()),

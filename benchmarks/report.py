@@ -13,9 +13,9 @@ from codalab_scaler import __version__
 
 
 def write_report(
-    name: str, results: Sequence[dict[str, Any]], out: Path, **context: str
+    name: str, results: Sequence[dict[str, Any]], out: Path, **context: Any
 ) -> dict[str, Any]:
-    """Write ``out`` (JSON) and print it; ``context`` says what the numbers were measured on."""
+    """Write ``out`` (JSON) and print it; ``context`` (JSON values) says what was measured on."""
     report = {
         "benchmark": name,
         "version": __version__,
