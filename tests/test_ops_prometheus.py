@@ -136,6 +136,8 @@ def live(
         with scaler_log.open("wb") as out:
             procs.append(subprocess.Popen(
                 [str(EXECUTABLE), "--http-port", str(scaler_port), "--log-format", "json",
+                 # fast: only a fast pool has launch tokens (the dashboard graphs them)
+                 "--policy", "fast",
                  "demo", "--duration", "90", "--bundles-per-minute", "120", "--seed", "5"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             ))  # fmt: skip
