@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.model import JobState
@@ -100,11 +101,14 @@ Start = Callable[..., Awaitable[Passes]]
 
 @pytest_asyncio.fixture
 async def start(sim_factory: SimFactory) -> AsyncIterator[Start]:
-    """``await start(pool, backend_table, make_backend=None)``: a service of one pool ``p``."""
+    """``await start(pool, backend_table, make_backend=None, **top)``: one pool ``p``."""
     async with AsyncExitStack() as stack:
 
         async def make(
-            pool: dict[str, Any], backend: dict[str, Any], make_backend: MakeBackend | None = None
+            pool: dict[str, Any],
+            backend: dict[str, Any],
+            make_backend: MakeBackend | None = None,
+            **top: Any,
         ) -> Passes:
             sim = await sim_factory(users={USER: PASSWORD})
             settings = Settings.model_validate(
@@ -114,6 +118,7 @@ async def start(sim_factory: SimFactory) -> AsyncIterator[Start]:
                     "password": PASSWORD,
                     "sleep_time": 1,
                     "request_timeout_seconds": 5,
+                    **top,
                     "pools": {"p": {**pool, "backend": backend}},
                 }
             )
@@ -232,8 +237,8 @@ async def test_a_worker_that_never_registers_is_cancelled_on_moto(
 ) -> None:
     run = await start(STUCK, aws_backend(moto))
     await cancelled_once_stuck(run)
-    (summary,) = moto.batch.list_jobs(jobQueue=QUEUE, jobStatus="SUBMITTED")["jobSummaryList"]
-    job = moto.batch.describe_jobs(jobs=[summary["jobId"]])["jobs"][0]
+    (job_id,) = [job.job_id for job in await run.ctx.pools["p"].backend.list_jobs()]
+    job = moto.batch.describe_jobs(jobs=[job_id])["jobs"][0]
     assert job["statusReason"] == CANCEL_REASON  # TerminateJob reached AWS for this job
 
 
@@ -247,3 +252,27 @@ async def test_a_worker_that_never_registers_is_cancelled_on_slurm(
         ours = [s for s, name in slurm.jobs().values() if backend["job_name"] in name]
         assert ours == ["CANCELLED"]
         assert await run.listed() == []  # ended, and not a failed start
+
+
+async def test_a_dry_run_names_the_stuck_slurm_job_and_leaves_it(
+    start: Start, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    backend = slurm_backend(slurm, tmp_path)
+    with slurm.partition_down():
+        earlier = await start(STUCK, backend, slurm_on(slurm))  # launched before the dry run
+        earlier.sim.add_bundle(USER, cpus=1, memory="1g", duration=600)
+        await earlier.step()
+        assert earlier.launched() == 1
+        (job_id,) = [job.job_id for job in await earlier.ctx.pools["p"].backend.list_jobs()]
+        run = await start(STUCK, backend, slurm_on(slurm), dry_run=True)
+        with capture_logs() as logs:
+            for _ in range(STUCK_PASSES):
+                await run.step()
+                if run.sample("codalab_scaler_stuck_workers_total", pool="p"):
+                    break
+                await asyncio.sleep(PAUSE)
+        assert [e["job_ids"] for e in logs if e["event"] == "scaler.dry_run_cancel"] == [[job_id]]
+        assert slurm.jobs()[job_id][0] == "PENDING"  # no scancel
+        assert (
+            run.sample("codalab_scaler_cancelled_workers_total", pool="p", outcome="cancelled") == 0
+        )
