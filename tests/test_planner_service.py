@@ -53,15 +53,6 @@ class FakeWorkers:
         )
 
 
-@dataclass
-class CancellingBackend(FakeBackend):
-    cancelled: list[str] = field(default_factory=list)
-
-    async def cancel(self, job_id: str) -> None:
-        self.cancelled.append(job_id)
-        self.jobs.pop(job_id, None)
-
-
 class Service:
     def __init__(self, ctx: Context, registry: CollectorRegistry, clock: FakeClock,
                  bundles: FakeBundles, workers: FakeWorkers,
@@ -108,11 +99,9 @@ def settings(pools: dict[str, dict[str, Any]], **top: Any) -> Settings:
 async def service() -> AsyncIterator[Factory]:
     async with AsyncExitStack() as stack:
 
-        async def make(pools: dict[str, dict[str, Any]], *, cancel: bool = False,
-                       **top: Any) -> Service:  # fmt: skip
+        async def make(pools: dict[str, dict[str, Any]], **top: Any) -> Service:
             clock, bundles, workers = FakeClock(), FakeBundles(), FakeWorkers()
-            kind = CancellingBackend if cancel else FakeBackend
-            backends: dict[str, FakeBackend] = {name: kind() for name in pools}
+            backends: dict[str, FakeBackend] = {name: FakeBackend() for name in pools}
             registry = CollectorRegistry()
             overrides = Overrides(bundles=bundles, backends=backends, workers=workers)
             ctx = await stack.enter_async_context(
@@ -202,11 +191,10 @@ async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(
     service: Factory,
 ) -> None:
     s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
-                              "cancel_stuck_workers": True}}, cancel=True)  # fmt: skip
+                              "cancel_stuck_workers": True}})  # fmt: skip
     stage(s.bundles, 1)
     await s.cycle()
     backend = s.backends["f"]
-    assert isinstance(backend, CancellingBackend)
     (worker,) = backend.launched
     backend.activate_all()  # running, but its cl-worker never checks in
     s.clock.advance(30)
@@ -221,6 +209,41 @@ async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(
     assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
     assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 1
     assert any(e["event"] == "pool.backing_off" for e in logs)
+
+
+async def test_a_dry_run_only_says_which_stuck_worker_it_would_cancel(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}}, dry_run=True)  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.ACTIVE  # launched earlier, its cl-worker never checks in
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()
+        await s.cycle()
+    would = [e["job_ids"] for e in logs if e["event"] == "scaler.dry_run_cancel"]
+    assert would == [["job-w1"]]
+    assert backend.cancelled == []
+    assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 0
+
+
+async def test_a_cancel_that_fails_is_counted_and_the_pool_does_not_back_off(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}})  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.PENDING
+    backend.cancel_error = TransientError("controller down")
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()
+    failed = [e for e in logs if e["event"] == "worker.cancel_failed"]
+    assert [(e["job_id"], e["error"]) for e in failed] == [("job-w1", "controller down")]
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="failed") == 1
+    assert not any(e["event"] == "pool.backing_off" for e in logs)
 
 
 async def test_unroutable_bundles_are_logged_once_per_reason_and_exported(

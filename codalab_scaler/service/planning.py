@@ -10,10 +10,11 @@
   launches (compat: in order, as the original; fast: concurrently), the
   planner's memory stored back (tokens spent, backoff on a refused or failed
   launch or a failed start, stuck workers reported once and cancelled when
-  asked).  A ``compat`` pool backs off after a refused or failed launch only
-  in a service of several pools, where its bundles can fall through; alone,
-  it keeps the original's cooldown exactly, and it never backs off for a
-  failed start (the original's rules count those).
+  asked; a dry run only logs what it would cancel).  A ``compat`` pool backs
+  off after a refused or failed launch only in a service of several pools,
+  where its bundles can fall through; alone, it keeps the original's cooldown
+  exactly, and it never backs off for a failed start (the original's rules
+  count those).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
 
 import structlog
 
 from codalab_scaler.core.decision import Decision
-from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientError
+from codalab_scaler.core.errors import RefusedError, TransientError
 from codalab_scaler.core.model import PlannerMemory, PoolState
 from codalab_scaler.core.planner import (
     Plan,
@@ -102,13 +102,6 @@ async def poll_workers(ctx: Context) -> bool:
     workers = tuple(parsed.workers)
     ctx.state.update_workers(lambda o: o.succeeded(workers, now))
     return True
-
-
-@runtime_checkable
-class Cancellable(Protocol):
-    """A backend that can cancel one of its jobs (not every backend can yet)."""
-
-    async def cancel(self, job_id: str) -> None: ...
 
 
 async def plan_pass(ctx: Context) -> dict[str, tuple[Decision, int]]:
@@ -306,7 +299,7 @@ async def _act(
     if backs_off and any(o in (Outcome.REFUSED, Outcome.FAILED) for o in outcomes):
         why = "launch_refused" if Outcome.REFUSED in outcomes else "launch_failed"
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, why))
-    if stuck and rt.cancel_stuck_workers and ctx.may_act() and not ctx.dry_run:
+    if stuck and rt.cancel_stuck_workers and ctx.may_act():
         await _cancel_stuck(ctx, rt, stuck, now)
     launched = sum(1 for o in outcomes if o is Outcome.LAUNCHED)
     latest = ctx.state.plan
@@ -320,15 +313,14 @@ async def _act(
 async def _cancel_stuck(
     ctx: Context, rt: PoolRuntime, stuck: Sequence[PoolWorker], now: float
 ) -> None:
-    backend = rt.backend
-    if not isinstance(backend, Cancellable):
-        log.warning("worker.cancel_unsupported", pool=rt.name, jobs=[w.job_id for w in stuck])
+    if ctx.dry_run:
+        log.info("scaler.dry_run_cancel", pool=rt.name, job_ids=[w.job_id for w in stuck])
         return
     cancelled = False
     for worker in stuck:
         try:
-            await backend.cancel(worker.job_id)
-        except (LaunchRefused, RefusedError, TransientError) as exc:
+            await rt.backend.cancel(worker.job_id)
+        except (RefusedError, TransientError) as exc:
             ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
             log.warning("worker.cancel_failed", pool=rt.name, job_id=worker.job_id, error=str(exc))
             continue
