@@ -246,6 +246,31 @@ async def test_a_cancel_that_fails_is_counted_and_the_pool_does_not_back_off(
     assert not any(e["event"] == "pool.backing_off" for e in logs)
 
 
+async def test_a_failed_cancel_is_tried_again_and_a_cancelled_job_is_not_cancelled_twice(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}})  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.PENDING
+    backend.cancel_error = TransientError("controller down")
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()  # found stuck: the cancel fails
+        await s.cycle()  # still stuck: tried again, quieter
+        backend.cancel_error = None
+        await s.cycle()  # succeeds
+        backend.jobs["job-w1"] = JobState.PENDING  # the fake forgets it; AWS Batch lists it a while
+        await s.cycle()  # the backend still lists it (as AWS Batch does for a while): left alone
+    failed = [(e["log_level"], e["attempts"]) for e in logs if e["event"] == "worker.cancel_failed"]
+    assert failed == [("warning", 1), ("info", 2)]
+    assert backend.cancelled == ["job-w1"]
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="failed") == 2
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 1
+    assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
+
+
 async def test_unroutable_bundles_are_logged_once_per_reason_and_exported(
     service: Factory,
 ) -> None:

@@ -197,7 +197,10 @@ class PoolState:
     """Everything known about one pool at one moment.
 
     ``last_decision`` is the scaler's latest pass (None before the first);
-    ``failed_starts`` counts the jobs listed as failed since the process started.
+    ``failed_starts`` counts the jobs listed as failed since the process started;
+    ``cancelled`` holds the stuck jobs this process has cancelled and
+    ``cancel_failures`` how often cancelling each other stuck job has failed
+    (both forgotten once the job leaves the listing).
     """
 
     bundles: Observation[BundleView] = field(default_factory=Observation)
@@ -207,6 +210,8 @@ class PoolState:
     last_decision: Decision | None = None
     failed_starts: int = 0
     memory: PlannerMemory = field(default_factory=PlannerMemory)
+    cancelled: frozenset[str] = frozenset()
+    cancel_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,8 +299,8 @@ async def _act(
     if backs_off and any(o in (Outcome.REFUSED, Outcome.FAILED) for o in outcomes):
         why = "launch_refused" if Outcome.REFUSED in outcomes else "launch_failed"
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, why))
-    if stuck and rt.cancel_stuck_workers and ctx.may_act():
-        await _cancel_stuck(ctx, rt, stuck, now)
+    if rt.cancel_stuck_workers and ctx.may_act():
+        await _cancel_stuck(ctx, rt, p, stuck, now)
     launched = sum(1 for o in outcomes if o is Outcome.LAUNCHED)
     latest = ctx.state.plan
     if launched and latest is not None:
@@ -311,23 +311,43 @@ async def _act(
 
 
 async def _cancel_stuck(
-    ctx: Context, rt: PoolRuntime, stuck: Sequence[PoolWorker], now: float
+    ctx: Context, rt: PoolRuntime, p: PoolPlan, new_stuck: Sequence[PoolWorker], now: float
 ) -> None:
+    """Cancel every stuck worker not cancelled yet; a failed cancel is tried again next pass.
+
+    The first failure for a job is a warning, later ones are info (a missing
+    permission would otherwise warn on every pass); each attempt is counted.
+    """
     if ctx.dry_run:
-        log.info("scaler.dry_run_cancel", pool=rt.name, job_ids=[w.job_id for w in stuck])
+        if new_stuck:
+            log.info("scaler.dry_run_cancel", pool=rt.name, job_ids=[w.job_id for w in new_stuck])
         return
+    state = ctx.state.snapshot.pools[rt.name]
+    listed = {w.job_id for w in p.workers}
+    done = {j for j in state.cancelled if j in listed}
+    failures = {j: n for j, n in state.cancel_failures.items() if j in listed}
     cancelled = False
-    for worker in stuck:
+    for worker in p.by_state(WorkerState.STUCK):
+        if worker.job_id in done:
+            continue
         try:
             await rt.backend.cancel(worker.job_id)
         except (RefusedError, TransientError) as exc:
             ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
-            log.warning("worker.cancel_failed", pool=rt.name, job_id=worker.job_id, error=str(exc))
+            failures[worker.job_id] = attempts = failures.get(worker.job_id, 0) + 1
+            emit = log.warning if attempts == 1 else log.info
+            emit("worker.cancel_failed", pool=rt.name, job_id=worker.job_id,
+                 attempts=attempts, error=str(exc))  # fmt: skip
             continue
         ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="cancelled").inc()
         log.info("worker.cancelled", pool=rt.name, job_id=worker.job_id, reason="stuck")
         ctx.state.update(rt.name, functools.partial(_forget_flight, job_id=worker.job_id))
+        done.add(worker.job_id)
+        failures.pop(worker.job_id, None)
         cancelled = True
+    ctx.state.update(
+        rt.name, lambda s: replace(s, cancelled=frozenset(done), cancel_failures=failures)
+    )
     if cancelled:
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, "stuck_cancelled"))
 
