@@ -67,8 +67,8 @@ def _policies(text: str | None) -> list[str]:
         return []
     names = [p.strip() for p in text.split(",")]
     bad = [p for p in names if p not in POLICIES]
-    if bad or not names:
-        raise ConfigError([f"--policy: {bad[0] if bad else text!r}: not one of compat, fast"])
+    if bad:
+        raise ConfigError([f"--policy: {bad[0] or '(empty)'}: not one of compat, fast"])
     return names
 
 

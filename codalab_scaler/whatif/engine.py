@@ -217,7 +217,9 @@ class _Replay:
                 self.push(at + self.sc.sleep_time, PASS, _Event())
                 continue
             self.handle(at, kind, payload)
-            if not self.events or self.events[0][0] > at or self.events[0][1] == PASS:
+            # The bundle manager starts what it can once an instant's arrivals,
+            # registrations and finished runs are in, before anyone idles out.
+            if not self.events or self.events[0][0] > at or self.events[0][1] >= IDLE:
                 self.start_runs(at)
         return self.result()
 
@@ -382,25 +384,29 @@ class _Replay:
 
     def planner_pass(self, at: float) -> None:
         self.passes += 1
-        while self.gone_listed and self.gone_listed[0][0] <= at:
-            self.gone_listed.popleft()
         if self._quiet(at):
             return
         self.planned += 1
         self.changed = False
         staged = tuple(self.staged.values())
         inputs = [PoolInput(p.sim.spec, self.pool_state(p, staged, at)) for p in self.pools]
-        check_ins = tuple(
-            self.registered(w) for p in self.pools for w in p.workers.values()
-            if w.state == "serving"
-        ) + tuple(r for _, r in self.gone_listed)  # fmt: skip
-        result = plan(inputs, Observation(check_ins, at), at)
+        result = plan(inputs, Observation(self.check_ins(at), at), at)
         self.last = result
         self.unroutable.update(s.uuid for s in result.routing.unroutable if s.reason in PERMANENT)
         launched = False
         for index, pool in enumerate(self.pools):
             launched |= self.act(at, index, pool, result)
         self.last_launched = launched
+
+    def check_ins(self, at: float) -> tuple[RegisteredWorker, ...]:
+        """``GET /rest/workers/info`` now: the registered workers, and those gone < 60 s ago."""
+        while self.gone_listed and self.gone_listed[0][0] <= at:
+            self.gone_listed.popleft()
+        serving = tuple(
+            self.registered(w) for p in self.pools for w in p.workers.values()
+            if w.state == "serving"
+        )  # fmt: skip
+        return serving + tuple(r for _, r in self.gone_listed)
 
     def pool_state(self, pool: _Pool, staged: tuple[StagedBundle, ...], at: float) -> PoolState:
         route = pool.sim.spec.route
