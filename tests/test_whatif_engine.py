@@ -7,14 +7,15 @@ worker launched then, registered at ``boot_seconds``, and so on.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from codalab_scaler.whatif import engine
-from codalab_scaler.whatif.configs import apply_setting, scenario
+from codalab_scaler.whatif.configs import apply_setting, default_source, scenario
 from codalab_scaler.whatif.engine import Result, Scenario, replay
-from codalab_scaler.whatif.workload import Job
+from codalab_scaler.whatif.workload import Job, Synthetic, synthetic
 
 G = 1024**3
 SIM_KEYS = {"boot_seconds", "capacity", "refuse_rate", "fail_rate", "stuck_rate", "stuck_seconds"}
@@ -54,6 +55,10 @@ def test_one_bundle_boot_run_idle_exit_to_the_second() -> None:
     assert (r.launches, r.started, r.never_ran) == (1, 1, 0)
     assert r.worker_seconds == pytest.approx(790.0)
     assert r.idle_worker_seconds == pytest.approx(600.0)
+    # the planner joins the job to its check-in: booting, then serving, then gone
+    at = {s.at: (s.booting, s.serving, s.idle) for s in r.samples}
+    seen = (at[60.0], at[120.0], at[300.0], at[840.0])
+    assert seen == ((1, 0, 0), (0, 1, 0), (0, 1, 1), (0, 0, 0))
 
 
 @pytest.mark.parametrize("policy", ["compat", "fast"])
@@ -148,7 +153,7 @@ def test_an_exited_worker_stays_listed_for_60_seconds() -> None:
     run = engine._Replay(sc(table(policy="fast")), [job(0)])
     run.run()
     listed = run.check_ins(790.0 + 59)
-    assert [c.worker_id for c in listed] == ["sim-cpu-000001"]
+    assert [c.worker_id for c in listed] == ["sim-w000001"]
     assert listed[0].idle
     assert run.check_ins(790.0 + 60) == ()
 
@@ -169,3 +174,16 @@ def test_a_sweep_setting_reaches_the_real_settings() -> None:
     assert sc(t).pools[0].model.boot_seconds == 30
     t = apply_setting(table(), "sleep_time", 2.5)
     assert sc(t).sleep_time == 2.5
+
+
+@pytest.mark.parametrize("policy", ["compat", "fast"])
+def test_skipping_quiet_passes_changes_no_result(policy: str) -> None:
+    """A pass is skipped only when the planner would decide the same again (engine._quiet)."""
+    jobs = synthetic(Synthetic(days=1), 2)
+    t = apply_setting(default_source().table, "policy", policy)
+    t = apply_setting(t, "min_idle_workers", 1) if policy == "fast" else t
+    every = engine._Replay(scenario(policy, t, 1), jobs, skip_quiet=False).run()
+    skipping = engine._Replay(scenario(policy, t, 1), jobs).run()
+    assert skipping.planned < every.planned == every.passes
+    assert every.stuck == 0  # healthy workers register: none is ever read as stuck
+    assert replace(skipping, planned=0) == replace(every, planned=0)

@@ -138,6 +138,7 @@ class Result:
 @dataclass(slots=True)
 class _Worker:
     job_id: str
+    worker_id: str  # the --id tail it registers with: ``sim-<worker_id>`` (no dash inside)
     pool: int
     launched_at: float
     fate: str = "ok"
@@ -172,8 +173,9 @@ class _Pool:
 
 
 class _Replay:
-    def __init__(self, scenario: Scenario, jobs: Sequence[Job]) -> None:
+    def __init__(self, scenario: Scenario, jobs: Sequence[Job], *, skip_quiet: bool = True) -> None:
         self.sc = scenario
+        self.skip_quiet = skip_quiet
         self.rng = random.Random(scenario.seed)  # noqa: S311 - a simulation, not cryptography
         self.jobs = {j.uuid: j for j in jobs}
         self.pools = [_Pool(p) for p in scenario.pools]
@@ -329,7 +331,9 @@ class _Replay:
             self.counts["refused"] += 1
             return False
         self.next_id += 1
-        worker = _Worker(f"{pool.sim.spec.name}-{self.next_id:06d}", index, at)
+        worker = _Worker(
+            f"{pool.sim.spec.name}-{self.next_id:06d}", f"w{self.next_id:06d}", index, at
+        )
         self.counts["launches"] += 1
         pool.workers[worker.job_id] = worker
         pool.memory = replace(
@@ -359,7 +363,7 @@ class _Replay:
         route = self.pools[worker.pool].sim.spec.route
         shape = route.shape
         return RegisteredWorker(
-            worker_id=f"sim-{worker.job_id}", cpus=shape.cpus, gpus=shape.gpus,
+            worker_id=f"sim-{worker.worker_id}", cpus=shape.cpus, gpus=shape.gpus,
             memory_bytes=shape.memory_bytes, cpus_in_use=shape.cpus - worker.free.cpus,
             gpus_in_use=shape.gpus - worker.free.gpus,
             run_uuids=("run",) * worker.running, tag=route.tag,
@@ -373,7 +377,7 @@ class _Replay:
         No worker boots (none can turn stuck), no pool backs off or waits for
         tokens or a cooldown: the planner would decide the same again.
         """
-        if self.changed or self.last_launched or self.last is None:
+        if not self.skip_quiet or self.changed or self.last_launched or self.last is None:
             return False
         for pool in self.pools:
             if pool.memory.backoff.active(at) or pool.queue:
@@ -413,7 +417,7 @@ class _Replay:
         view: BundleView = prefilter(staged, route.shape, enabled=route.prefilter)
         jobs = tuple(
             WorkerJob(w.job_id, JobState.ACTIVE if w.state == "serving" else JobState.PENDING,
-                      worker_id=w.job_id)
+                      worker_id=w.worker_id)
             for w in pool.workers.values()
         )  # fmt: skip
         return PoolState(
