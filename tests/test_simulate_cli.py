@@ -11,6 +11,7 @@ import pytest
 
 from codalab_scaler.entry import simulate as simulate_entry
 from codalab_scaler.entry.cli import main
+from codalab_scaler.whatif.configs import DEFAULT_CONFIG
 
 SMALL = Path(__file__).parent.parent / "examples" / "workloads" / "small.csv"
 EXECUTABLE = Path(sys.executable).parent / "codalab-scaler"
@@ -156,3 +157,40 @@ def test_the_installed_command_exits_2_on_a_bad_sweep() -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "--sweep" in done.stderr
+
+
+def test_global_flags_apply_to_every_configuration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(["--max-workers", "3", "--sleep-time", "10", "simulate", "--workload", str(SMALL),
+                 "--out", str(tmp_path / "flags"), "--no-plots"], environ={})  # fmt: skip
+    assert code == 0
+    code, _out, _err = run(capsys, "--workload", str(SMALL), "--sweep", "max_workers=3",
+                           "--config", str(_with_sleep(tmp_path, 10)),
+                           "--out", str(tmp_path / "sweep"), "--no-plots")  # fmt: skip
+    assert code == 0
+    flags = json.loads((tmp_path / "flags" / "summary.json").read_text())["configurations"][0]
+    sweep = json.loads((tmp_path / "sweep" / "summary.json").read_text())["configurations"][0]
+    assert flags.pop("name") == "default"
+    assert sweep.pop("name") == "max_workers=3"
+    assert sweep.pop("sweep_value") == 3
+    flags.pop("sweep_value")
+    assert flags == sweep
+
+
+def _with_sleep(tmp_path: Path, seconds: int) -> Path:
+    """The default configuration with another sleep_time, as a file."""
+    path = tmp_path / "sleep.toml"
+    path.write_text(DEFAULT_CONFIG.replace("sleep_time = 5", f"sleep_time = {seconds}"))
+    return path
+
+
+def test_a_production_file_needs_no_credentials(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "prod.toml"
+    config.write_text('password_file = "/nonexistent/codalab-password"\n'
+                      '[pools.cpu]\nbackend = { kind = "local", cpus = 4, memory_mb = 16384 }\n')  # fmt: skip
+    code, out, err = run(capsys, "--workload", str(SMALL), "--config", str(config))
+    assert (code, err) == (0, "")
+    assert "prod" in out

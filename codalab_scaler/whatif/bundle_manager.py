@@ -66,17 +66,17 @@ def dispatch(
     free capacity and its owner's quota for the rest of the pass.
     """
     free = {w.worker_id: w.free for w in workers}
+    open_ = [w for w in workers if w.accepting and w.free.cpus > 0]
     used = dict(running)
     starts: list[Start] = []
     for bundle in staged:
+        if not open_:  # every bundle asks for a cpu at least (the server's "cpus or 1")
+            break
         owner = bundle.owner or ""
         if quota is not None and used.get(owner, 0) >= quota:
             continue
         need = (bundle.cpus, bundle.gpus, bundle.memory_bytes)
-        fitting = [
-            w for w in workers
-            if w.accepting and free[w.worker_id].fits(*need) and allows(w, bundle)
-        ]  # fmt: skip
+        fitting = [w for w in open_ if free[w.worker_id].fits(*need) and allows(w, bundle)]
         if not fitting:
             continue
         best = max(
@@ -88,6 +88,8 @@ def dispatch(
             ),
         )
         free[best.worker_id] = free[best.worker_id].minus(*need)
+        if free[best.worker_id].cpus <= 0:
+            open_.remove(best)
         used[owner] = used.get(owner, 0) + 1
         starts.append(Start(bundle.uuid, best.worker_id))
     return starts

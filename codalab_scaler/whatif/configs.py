@@ -37,8 +37,10 @@ from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.whatif.engine import PoolModel, Scenario, SimPool
 
 SIMULATE = "simulate"
-# The loader insists on credentials; a replay talks to no CodaLab.
+# The loader insists on credentials; a replay talks to no CodaLab, so the file's
+# own (a password file it would read) are set aside for placeholders.
 PLACEHOLDER_LOGIN = {"username": "simulate", "password": "simulate"}
+CREDENTIALS = frozenset({"username", "password", "password_file"})
 
 DEFAULT_CONFIG = """
 # Two pools of the embedded local backend: 4-cpu workers, and 1-GPU workers,
@@ -154,7 +156,7 @@ def apply_setting(table: Mapping[str, Any], key: str, value: Any) -> dict[str, A
 
 def scenario(name: str, table: Mapping[str, Any], seed: int) -> Scenario:
     """One configuration, validated by the real loader (``ConfigError`` names a bad field)."""
-    rest = {k: v for k, v in table.items() if k != SIMULATE}
+    rest = {k: v for k, v in table.items() if k != SIMULATE and k not in CREDENTIALS}
     settings = load_settings(PLACEHOLDER_LOGIN, {}, rest)
     try:
         sim = SimulateSettings.model_validate(table.get(SIMULATE, {}))
