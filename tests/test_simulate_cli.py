@@ -11,7 +11,7 @@ import pytest
 
 from codalab_scaler.entry import simulate as simulate_entry
 from codalab_scaler.entry.cli import main
-from codalab_scaler.whatif.configs import DEFAULT_CONFIG
+from codalab_scaler.whatif.configs import DEFAULT_CONFIG, PoolModelSettings, SimulateSettings
 
 SMALL = Path(__file__).parent.parent / "examples" / "workloads" / "small.csv"
 EXECUTABLE = Path(sys.executable).parent / "codalab-scaler"
@@ -194,3 +194,16 @@ def test_a_production_file_needs_no_credentials(
     code, out, err = run(capsys, "--workload", str(SMALL), "--config", str(config))
     assert (code, err) == (0, "")
     assert "prod" in out
+
+
+def test_help_lists_every_simulate_setting_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"], environ={})
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    models = [(n, f) for n, f in SimulateSettings.model_fields.items() if n != "pools"]
+    models += list(PoolModelSettings.model_fields.items())
+    for name, field in models:
+        default = "unset" if field.default is None else f"({field.default:g})"
+        assert default in lines[name], name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,29 @@ DEMO_ONLY = frozenset({"duration", "bundles", "bundles_per_minute", "max_run_sec
 # Flags of the simulate subcommand only: the workload, the variants and the output.
 SIMULATE_ONLY = frozenset({"workload", "trace_format", "days", "seed", "sim_configs", "policies",
                            "sweep", "out", "no_plots"})  # fmt: skip
+
+SIMULATE_EPILOG = """\
+a configuration file may add a [simulate] table (the service ignores it):
+  quota            per-user parallel runs, as CodaLab's quota (unset: none)
+  drain_seconds    replay this long after the last submission (21600)
+  sample_seconds   timeline resolution (60)
+  [simulate.pools.NAME]
+  boot_seconds     median delay from provisioning to registration (90)
+  boot_sigma       its lognormal spread; 0: exact (0.3)
+  capacity         jobs the backend runs at once; more wait queued (unset: no limit)
+  refuse_rate      share of launches refused (0)
+  fail_rate        share of starts that fail, never registering (0)
+  stuck_rate       share of workers that never register (0)
+  stuck_seconds    when a stuck job finally ends (3600)
+
+reported per configuration: queue wait from staged to started (mean, p50, p95,
+max; unstarted bundles count up to the end), worker-hours from provisioning to
+exit, idle worker-hours (registered, running nothing), launches, workers that
+never ran a bundle, unroutable bundles (no pool for the tag, or too large).
+
+--out DIR writes summary.json, timeline.csv, timeline-POOL.png, wait_cdf.png,
+wait_vs_cost.png; exit status 2 on a bad setting, file or trace line.
+"""
 
 GLOBAL_KEYS = frozenset(Settings.model_fields)
 SUBCOMMANDS = frozenset({*kind_names(), "demo", "simulate"})
@@ -148,11 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_flags(sub.add_parser(
         "simulate",
         help="Replay a workload through the planner on a virtual clock and compare settings",
-        description="Replay a workload through the real planner on a virtual clock, with "
-        "models of CodaLab's bundle manager, of workers and of backends, and compare "
-        "configurations: mean, p50, p95 and max queue wait, worker-hours, idle worker-hours, "
-        "launches, workers that never ran a bundle, unroutable bundles. Global pool and "
-        "service flags before simulate apply to every configuration. See docs/simulate.md.",
+        description=textwrap.fill(
+            "Replay a workload through the real planner on a virtual clock, with models of "
+            "CodaLab's bundle manager, of workers and of backends, and compare configurations "
+            "(files, policies, a sweep of one setting). Global pool and service flags before "
+            "simulate apply to every configuration. See docs/simulate.md.",
+            width=79,
+        ),
+        epilog=SIMULATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     ))  # fmt: skip
     return parser
 

@@ -111,6 +111,6 @@ def timeline_csv(rows: Sequence[Row]) -> str:
     writer.writerow(TIMELINE_COLUMNS)
     for row in rows:
         for s in row.result.samples:
-            writer.writerow([row.name, f"{s.at:g}", s.pool, s.staged, s.booting, s.serving,
+            writer.writerow([row.name, f"{s.at:.10g}", s.pool, s.staged, s.booting, s.serving,
                              s.idle, s.stuck])  # fmt: skip
     return out.getvalue()
