@@ -207,3 +207,21 @@ def test_help_lists_every_simulate_setting_with_its_default(
     for name, field in models:
         default = "unset" if field.default is None else f"({field.default:g})"
         assert default in lines[name], name
+
+
+@pytest.mark.process
+def test_same_seed_same_bytes_across_processes(tmp_path: Path) -> None:
+    """Nothing depends on the process: two runs with different hash seeds write the same summary."""
+    summaries = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        done = subprocess.run(
+            [str(EXECUTABLE), "simulate", "--days", "1", "--policy", "compat,fast",
+             "--out", str(out), "--no-plots"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": hash_seed},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        summaries.append((out / "summary.json").read_bytes())
+        assert (out / "timeline.csv").stat().st_size > 0
+    assert summaries[0] == summaries[1]
