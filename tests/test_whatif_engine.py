@@ -14,7 +14,8 @@ import pytest
 
 from codalab_scaler.whatif import engine
 from codalab_scaler.whatif.configs import apply_setting, default_source, scenario
-from codalab_scaler.whatif.engine import Result, Scenario, replay
+from codalab_scaler.whatif.engine import replay
+from codalab_scaler.whatif.scenario import Result, Scenario
 from codalab_scaler.whatif.workload import Job, Synthetic, synthetic
 
 G = 1024**3

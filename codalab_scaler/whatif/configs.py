@@ -34,7 +34,7 @@ from pydantic import (
 from codalab_scaler.config.loader import load_settings
 from codalab_scaler.config.settings import PoolSettings, Settings, format_errors
 from codalab_scaler.core.errors import ConfigError
-from codalab_scaler.whatif.engine import PoolModel, Scenario, SimPool
+from codalab_scaler.whatif.scenario import PoolModel, Scenario, SimPool
 
 SIMULATE = "simulate"
 # The loader insists on credentials; a replay talks to no CodaLab, so the file's

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codalab_scaler.whatif.engine import Result
+from codalab_scaler.whatif.scenario import Result
 
 COLUMNS = (
     ("name", "configuration", "{}"),
