@@ -225,3 +225,15 @@ def test_same_seed_same_bytes_across_processes(tmp_path: Path) -> None:
         summaries.append((out / "summary.json").read_bytes())
         assert (out / "timeline.csv").stat().st_size > 0
     assert summaries[0] == summaries[1]
+
+
+def test_the_docs_show_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "simulate.md").read_text()
+    code, out, _err = run(capsys, "--workload", str(SMALL), "--policy", "compat,fast")
+    assert code == 0
+    assert out.strip() in docs
+    code, out, _err = run(capsys, "--workload", str(SMALL), "--policy", "fast",
+                          "--sweep", "max_workers=2,5,20")  # fmt: skip
+    assert code == 0
+    table = out.split("\n\n", 1)[1].strip()
+    assert table in docs
