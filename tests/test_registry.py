@@ -16,7 +16,7 @@ from codalab_scaler.sources.backends.registry import BACKEND_KINDS, DEFAULT_KIND
 def test_kinds_are_named_once_and_each_is_a_subcommand() -> None:
     names = [kind.name for kind in BACKEND_KINDS]
     assert len(set(names)) == len(names)
-    assert set(names) == set(kind_names()) == SUBCOMMANDS - {"demo"}
+    assert set(names) == set(kind_names()) == SUBCOMMANDS - {"demo", "simulate"}
     for kind in BACKEND_KINDS:
         assert kind.settings.model_fields["kind"].default == kind.name
 

@@ -1,4 +1,4 @@
-"""The ``codalab-scaler`` command: the original's flags, a backend subcommand, or ``demo``.
+"""The ``codalab-scaler`` command: the original's flags and a backend, ``demo`` or ``simulate``.
 
 A thin entry point: parse flags, validate settings (exit 2 naming each bad
 field), configure logging, hand over to the service.
@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from codalab_scaler.entry.demo import run_demo
 
         return run_demo(args, environ)
+    if args.backend == "simulate":
+        from codalab_scaler.entry.simulate import run_simulate
+
+        return run_simulate(args)
     try:
         settings = settings_from_args(args, environ)
     except ConfigError as exc:
