@@ -52,11 +52,14 @@ FAST: Mapping[str, Any] = {"policy": "fast"}
 class Outcome:
     policy: str
     pool: dict[str, Any]
+    worker_timeout: float
     mean_wait_seconds: float
     mean_wait_first_burst: float
     mean_wait_second_burst: float
     max_wait_seconds: float
     launched: int
+    launched_first_burst: int  # before the second burst was staged
+    ran_first_burst: int  # workers that had run a bundle by then
     registered: int
     ran_a_bundle: int
     never_ran: int
@@ -123,10 +126,13 @@ async def _stop_workers(ctx: Context) -> None:
             await stop(timeout=5)
 
 
-async def run(directory: Path, pool: Mapping[str, Any]) -> Outcome:
-    """Run the workload once with ``pool``'s settings; every server and worker is stopped."""
+async def run(directory: Path, pool: Mapping[str, Any], *, worker_timeout: float = 60.0) -> Outcome:
+    """Run the workload once with ``pool``'s settings; every server and worker is stopped.
+
+    ``worker_timeout`` is how long CodaLab lists a worker after its last check-in.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    sim = CodaLabSimulator(users={USER: PASSWORD})
+    sim = CodaLabSimulator(users={USER: PASSWORD}, worker_timeout=worker_timeout)
     await sim.start()
     try:
         registry = CollectorRegistry()
@@ -137,21 +143,26 @@ async def run(directory: Path, pool: Mapping[str, Any]) -> Outcome:
                 deadline = loop.time() + DEADLINE_SECONDS
                 first = [sim.add_bundle(USER, duration=RUN_SECONDS) for _ in range(FIRST)]
                 await asyncio.sleep(GAP_SECONDS)
+                first_launches, first_ran = _launched(registry), _ran(sim)
                 second = [sim.add_bundle(USER, duration=RUN_SECONDS) for _ in range(SECOND)]
                 await _until_started(sim, first + second, deadline)
                 launched = _launched(registry)
             finally:
                 await _stop_workers(ctx)
-        return _outcome(sim, pool, first, second, launched)
+        return _outcome(sim, pool, (first, second), (first_launches, first_ran), launched)
     finally:
         await sim.stop()
+
+
+def _ran(sim: CodaLabSimulator) -> int:
+    return sum(1 for runs in sim.runs_by_worker.values() if runs > 0)
 
 
 def _outcome(
     sim: CodaLabSimulator,
     pool: Mapping[str, Any],
-    first: list[str],
-    second: list[str],
+    bursts: tuple[list[str], list[str]],
+    at_second_burst: tuple[int, int],
     launched: int,
 ) -> Outcome:
     def wait(uuid: str) -> float:
@@ -159,16 +170,20 @@ def _outcome(
         assert bundle.started_at is not None
         return bundle.started_at - bundle.staged_at
 
+    first, second = bursts
     waits = [wait(u) for u in first + second]
-    ran = sum(1 for runs in sim.runs_by_worker.values() if runs > 0)
+    ran = _ran(sim)
     return Outcome(
         policy=str(pool.get("policy", "compat")),
         pool=dict(pool),
+        worker_timeout=sim.worker_timeout,
         mean_wait_seconds=round(statistics.fmean(waits), 2),
         mean_wait_first_burst=round(statistics.fmean(waits[: len(first)]), 2),
         mean_wait_second_burst=round(statistics.fmean(waits[len(first) :]), 2),
         max_wait_seconds=round(max(waits), 2),
         launched=launched,
+        launched_first_burst=at_second_burst[0],
+        ran_first_burst=at_second_burst[1],
         registered=len(sim.runs_by_worker),
         ran_a_bundle=ran,
         never_ran=max(launched, len(sim.runs_by_worker)) - ran,
