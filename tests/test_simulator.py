@@ -429,3 +429,43 @@ async def test_a_user_at_their_parallel_run_quota_stays_staged(sim_factory: SimF
         # Alice's own worker is not bound by the quota of the root user's workers.
         _, _, answer = await wire.checkin(await wire.login("alice"), "wa")
     assert answer["bundle"]["uuid"] == a2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "bundle", "chosen"),
+    [
+        ({"gpus": 1}, {}, {}, "w2"),  # a CPU bundle avoids a GPU worker
+        ({}, {"gpus": 1}, {"gpus": 1}, "w2"),  # unless it needs the GPU
+        ({"cpus": 4}, {"cpus": 2}, {}, "w2"),  # the smallest worker first
+        ({"cpus": 2}, {"cpus": 4}, {}, "w1"),
+    ],
+)
+async def test_the_bundle_manager_prefers_workers_as_codalab_does(
+    sim: CodaLabSimulator,
+    wire: Wire,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    bundle: dict[str, Any],
+    chosen: str,
+) -> None:
+    root = await wire.login("codalab")
+    await wire.checkin(root, "w1", **first)
+    await wire.checkin(root, "w2", **second)
+    uuid = sim.add_bundle(**bundle)
+    await wire.call("GET", "/rest/workers/info", root)  # any request runs a round
+    assert (sim.bundle(uuid).state, sim.bundle(uuid).worker_id) == ("starting", chosen)
+    _, _, answer = await wire.checkin(root, chosen, **(first if chosen == "w1" else second))
+    assert answer["bundle"]["uuid"] == uuid
+
+
+async def test_the_bundle_manager_prefers_the_worker_with_fewer_runs(
+    sim: CodaLabSimulator, wire: Wire
+) -> None:
+    root = await wire.login("codalab")
+    busy = sim.add_bundle(memory="1g")
+    await wire.checkin(root, "w1", cpus=2)  # takes it
+    await wire.checkin(root, "w2", cpus=2)
+    assert sim.bundle(busy).worker_id == "w1"
+    uuid = sim.add_bundle(memory="1g")
+    await wire.call("GET", "/rest/workers/info", root)
+    assert sim.bundle(uuid).worker_id == "w2"
