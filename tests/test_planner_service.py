@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -371,3 +372,45 @@ async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: 
         await s.cycle()
     (event,) = [e for e in logs if e["event"] == "worker.smaller_than_shape"]
     assert (event["registered"]["gpus"], event["shape"]["gpus"]) == (0, 1)
+
+
+async def test_a_bundle_held_back_on_a_serving_worker_is_not_demand_and_says_so(
+    service: Factory,
+) -> None:
+    # A 2-cpu worker runs one of the user's bundles; CodaLab keeps the other staged
+    # (the user is at their parallel-run quota), though the worker has a cpu free.
+    s = await service({"f": {"policy": "fast", "cpus": 2}})
+    stage(s.bundles, 1)
+    assert await s.cycle() == {"f": ("staged_work", 1)}
+    (worker,) = s.backends["f"].launched
+    s.backends["f"].activate_all()
+    s.workers.register(worker, cpus=2, runs=1)
+    stage(s.bundles, 1)
+    running, held = s.bundles.staged
+    s.bundles.staged.remove(running)
+    for _ in range(3):
+        s.clock.advance(30)
+        assert await s.cycle() == {"f": ("covered_by_workers", 0)}
+    assert len(s.backends["f"].launched) == 1
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    (row,) = status["bundles"]["staged"]
+    assert row["uuid"] == held.uuid
+    assert row["placed"] == {"where": "serving", "worker": f"job-{worker}"}
+    assert row["waiting_on"] == f"worker job-{worker} / host-{worker}"
+    assert row["waiting_seconds"] == 60
+    first_seen = datetime.fromisoformat(row["first_seen"])
+    assert first_seen.utcoffset() == timedelta(0)
+    assert row["first_seen"].endswith("Z")
+    elapsed = datetime.now(UTC) - first_seen
+    assert timedelta(seconds=58) <= elapsed <= timedelta(seconds=62 + 60)
+
+
+async def test_bundles_placed_on_new_or_booting_workers_wait_on_nothing(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast", "launch_burst": 1, "launch_rate_per_minute": 1}})
+    stage(s.bundles, 2)
+    await s.cycle()  # one token: one launch
+    await s.cycle()  # one bundle on that booting worker, one on a new one (no token yet)
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    rows = status["bundles"]["staged"]
+    assert sorted(r["placed"]["where"] for r in rows) == ["booting", "new"]
+    assert [r["waiting_on"] for r in rows] == [None, None]
