@@ -33,6 +33,7 @@ from codalab_scaler.sources.backends.registry import BACKEND_KINDS, backend_kind
 __all__ = [
     "CLI_POOL",
     "build_parser",
+    "flag_name",
     "print_config_errors",
     "settings_from_args",
     "settings_values",
@@ -52,10 +53,15 @@ AFTER_ANY_BACKEND = ("exit_after_num_failed",)
 # What the original's help said where the description is not the whole story.
 HELP_DEFAULTS = {"staleness_seconds": "3 x --sleep-time"}
 # Flags of the demo subcommand only: the synthetic workload, not settings.
-DEMO_ONLY = frozenset({"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed"})
+DEMO_ONLY = frozenset(
+    {"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed", "no_tui"}
+)
+# Arguments of the top subcommand only: it reads a running scaler, it has no settings.
+TOP_ONLY = frozenset({"url", "interval"})
 
 GLOBAL_KEYS = frozenset(Settings.model_fields)
-SUBCOMMANDS = frozenset({*kind_names(), "demo"})
+TOOLS = ("demo", "top")  # subcommands that are not a backend
+SUBCOMMANDS = frozenset({*kind_names(), *TOOLS})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
         for name in (*kind.also_accepts, *AFTER_ANY_BACKEND):
             _add_fields(backend, _field_model(name), [name])
     _demo_flags(sub.add_parser("demo", help="Run against an embedded CodaLab simulator"))
+    _top_flags(sub.add_parser("top", help="Live terminal view of a running scaler's /status"))
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _top_flags(top: argparse.ArgumentParser) -> None:
+    top.add_argument(
+        "url",
+        nargs="?",
+        default="http://127.0.0.1:9740",
+        help="The scaler's HTTP address, or its /status URL (default: http://127.0.0.1:9740)",
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=1.0,
+        help="Seconds between refreshes; each request times out before the next (default: 1)",
+    )
 
 
 def _demo_flags(demo: argparse.ArgumentParser) -> None:
@@ -167,6 +199,12 @@ def _demo_flags(demo: argparse.ArgumentParser) -> None:
         help="Each bundle runs 1 s to this long (default: 10)",
     )
     add("--seed", type=int, default=1, help="Random seed of the stream")  # fmt: skip
+    add(
+        "--no-tui",
+        action="store_true",
+        help="Log to standard output instead of showing the live view "
+        "(also when standard output is not a terminal)",
+    )
 
 
 def split_search(argv: list[str]) -> list[str]:
@@ -198,7 +236,8 @@ def split_flags(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The flags actually given, sorted into (service, pool, backend) settings."""
-    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend", *DEMO_ONLY}}
+    skip = {"config", "backend", *DEMO_ONLY, *TOP_ONLY}
+    given = {k: v for k, v in vars(args).items() if k not in skip}
     backend_keys: set[str] = set()
     if args.backend in kind_names():
         backend_keys = set(backend_kind(args.backend).settings.model_fields) - GLOBAL_KEYS
