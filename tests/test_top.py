@@ -160,6 +160,29 @@ def test_the_command_exits_1_with_one_line_when_nothing_answers(
     assert err[0].startswith(f"codalab-scaler top: no scaler status: {url}/status: ")
 
 
+def test_credentials_in_the_url_are_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    port = _closed_port()
+    assert main(["top", f"http://watcher:s3cret@127.0.0.1:{port}"], environ={}) == 1
+    err = capsys.readouterr().err
+    assert "s3cret" not in err
+    assert "watcher" not in err
+    assert f"http://127.0.0.1:{port}/status" in err
+
+
+async def test_the_view_shows_no_credentials(server: StatusServer) -> None:
+    app = TopApp(f"http://watcher:s3cret@127.0.0.1:{server.port}", interval=INTERVAL)
+    async with app.run_test():
+        await eventually(lambda: app.status is not None, "the first status", within=10)
+        text = shown(app)
+        await server.stop()
+        await eventually(lambda: app.unreachable is not None, "unreachable noticed", within=10)
+        down = shown(app) + (app.unreachable or "")
+    for seen in (text, down):
+        assert "s3cret" not in seen
+        assert "watcher" not in seen
+    assert f"codalab-scaler top http://127.0.0.1:{server.port}/status" in text
+
+
 async def test_the_command_exits_1_when_the_url_is_not_a_scaler(
     server: StatusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,8 +44,31 @@ def status_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def shown_url(url: str) -> str:
+    """``url`` without a user name or password, to show and to put in messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 literal
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 async def fetch_status(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 - one request's own timeout, shorter than the refresh
-    """One ``GET`` of ``url``: the JSON object, or ``StatusUnavailable`` saying why not."""
+    """One ``GET`` of ``url``: the JSON object, or ``StatusUnavailable`` saying why not.
+
+    The messages name the URL without its credentials, if it has any.
+    """
+    try:
+        return await _fetch(session, url, timeout)
+    except StatusUnavailable as exc:
+        raise StatusUnavailable(str(exc).replace(url, shown_url(url))) from exc.__cause__
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 - see fetch_status
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:  # noqa: PLR2004 - HTTP OK
@@ -135,7 +158,8 @@ class TopApp(App[int]):
         return None if self.down_since is None else f"{self.down_since} ({self.down_why})"
 
     def _view(self) -> Any:
-        return render(self.status, self.history, url=self.url, unreachable=self.unreachable)
+        url = shown_url(self.url)
+        return render(self.status, self.history, url=url, unreachable=self.unreachable)
 
 
 async def probe(url: str, timeout: float = FIRST_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109 - the start-up probe's own bound
