@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from rich.console import RenderableType
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
@@ -157,7 +158,7 @@ class TopApp(App[int]):
         """Since when and why the scaler does not answer; ``None`` while it does."""
         return None if self.down_since is None else f"{self.down_since} ({self.down_why})"
 
-    def _view(self) -> Any:
+    def _view(self) -> RenderableType:
         url = shown_url(self.url)
         return render(self.status, self.history, url=url, unreachable=self.unreachable)
 
