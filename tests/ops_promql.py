@@ -23,12 +23,12 @@ RUNBOOK = ROOT / "deploy" / "RUNBOOK.md"
 JOB = "codalab-scaler"
 
 # What Grafana would put in place of the dashboard's variables when the
-# test's Prometheus scrapes the demo (one pool, "demo", scraped every second).
+# test's Prometheus scrapes the demo (pools "small" and "big", scraped every second).
 GRAFANA_VARIABLES = {
     "${datasource}": "prometheus",
     "$__rate_interval": "15s",
     "$__interval": "5s",
-    "$pool": "demo",
+    "$pool": "small",
 }
 
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}

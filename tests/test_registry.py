@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 
 from codalab_scaler.config.settings import PoolSettings
-from codalab_scaler.entry.flags import SUBCOMMANDS
+from codalab_scaler.entry.flags import SUBCOMMANDS, TOOLS
 from codalab_scaler.sources.backends import Backend, WorkerCredentials, open_backend
 from codalab_scaler.sources.backends.local.backend import LocalBackend
 from codalab_scaler.sources.backends.local.settings import LocalBackendSettings
@@ -16,7 +16,7 @@ from codalab_scaler.sources.backends.registry import BACKEND_KINDS, DEFAULT_KIND
 def test_kinds_are_named_once_and_each_is_a_subcommand() -> None:
     names = [kind.name for kind in BACKEND_KINDS]
     assert len(set(names)) == len(names)
-    assert set(names) == set(kind_names()) == SUBCOMMANDS - {"demo", "simulate"}
+    assert set(names) == set(kind_names()) == SUBCOMMANDS - set(TOOLS)
     for kind in BACKEND_KINDS:
         assert kind.settings.model_fields["kind"].default == kind.name
 

@@ -34,6 +34,7 @@ from codalab_scaler.sources.backends.registry import BACKEND_KINDS, backend_kind
 __all__ = [
     "CLI_POOL",
     "build_parser",
+    "flag_name",
     "print_config_errors",
     "settings_from_args",
     "settings_values",
@@ -53,7 +54,11 @@ AFTER_ANY_BACKEND = ("exit_after_num_failed",)
 # What the original's help said where the description is not the whole story.
 HELP_DEFAULTS = {"staleness_seconds": "3 x --sleep-time"}
 # Flags of the demo subcommand only: the synthetic workload, not settings.
-DEMO_ONLY = frozenset({"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed"})
+DEMO_ONLY = frozenset(
+    {"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed", "no_tui"}
+)
+# Arguments of the top subcommand only: it reads a running scaler, it has no settings.
+TOP_ONLY = frozenset({"url", "interval"})
 # Flags of the simulate subcommand only: the workload, the variants and the output.
 SIMULATE_ONLY = frozenset({"workload", "trace_format", "days", "seed", "sim_configs", "policies",
                            "sweep", "out", "no_plots"})  # fmt: skip
@@ -82,7 +87,8 @@ wait_vs_cost.png; exit status 2 on a bad setting, file or trace line.
 """
 
 GLOBAL_KEYS = frozenset(Settings.model_fields)
-SUBCOMMANDS = frozenset({*kind_names(), "demo", "simulate"})
+TOOLS = ("demo", "top", "simulate")  # subcommands that are not a backend
+SUBCOMMANDS = frozenset({*kind_names(), *TOOLS})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +188,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SIMULATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ))  # fmt: skip
+    _top_flags(sub.add_parser("top", help="Live terminal view of a running scaler's /status"))
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _top_flags(top: argparse.ArgumentParser) -> None:
+    top.add_argument(
+        "url",
+        nargs="?",
+        default="http://127.0.0.1:9740",
+        help="The scaler's HTTP address, or its /status URL (default: http://127.0.0.1:9740)",
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=1.0,
+        help="Seconds between refreshes; each request times out before the next (default: 1)",
+    )
 
 
 def _demo_flags(demo: argparse.ArgumentParser) -> None:
@@ -207,6 +239,12 @@ def _demo_flags(demo: argparse.ArgumentParser) -> None:
         help="Each bundle runs 1 s to this long (default: 10)",
     )
     add("--seed", type=int, default=1, help="Random seed of the stream")  # fmt: skip
+    add(
+        "--no-tui",
+        action="store_true",
+        help="Log to standard output instead of showing the live view "
+        "(also when standard output is not a terminal)",
+    )
 
 
 def _simulate_flags(simulate: argparse.ArgumentParser) -> None:
@@ -300,7 +338,7 @@ def split_flags(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The flags actually given, sorted into (service, pool, backend) settings."""
-    skip = {"config", "backend", *DEMO_ONLY, *SIMULATE_ONLY}
+    skip = {"config", "backend", *DEMO_ONLY, *SIMULATE_ONLY, *TOP_ONLY}
     given = {k: v for k, v in vars(args).items() if k not in skip}
     backend_keys: set[str] = set()
     if args.backend in kind_names():
