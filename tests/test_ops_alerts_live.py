@@ -1,9 +1,9 @@
 """The planner's alerts become active in a real Prometheus scraping a real scaler in trouble.
 
-``codalab-scaler demo`` runs one ``fast`` pool whose worker executable only
-sleeps: its workers start but never register with CodaLab, so each is stuck
+``codalab-scaler demo`` runs two ``fast`` pools (``small`` and ``big``) whose
+worker executable only sleeps: their workers start but never register with CodaLab, so each is stuck
 after ``provision_timeout_seconds`` (1 s) and cancelled
-(``cancel_stuck_workers``), which puts the pool in backoff, during which its
+(``cancel_stuck_workers``), which puts each pool in backoff, during which their
 staged bundles are unroutable (``pools_backing_off``). A real Prometheus
 evaluates ``deploy/prometheus/rules.yml`` on the scrapes: the three alerts
 must go pending (their ``for:`` is minutes long) with the labels that the
@@ -21,7 +21,7 @@ from typing import Any
 from tests.ops_live import LivePrometheus, needs_prometheus, scaler_and_prometheus, wait_for
 from tests.ops_promql import rule_list
 
-POOL = "demo"
+POOL = "small"  # the demo's pools are small and big; both get into this trouble
 
 
 def sleeper(tmp: Path) -> Path:

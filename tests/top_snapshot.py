@@ -85,13 +85,16 @@ def _settings(sim: CodaLabSimulator, tmp: Path) -> Settings:
             "http_host": "127.0.0.1",
             "http_port": 0,
             "pools": {
-                "small": pool(small, 1, 2048),
+                # Tagged, so CodaLab's bundle manager cannot hand the 1-cpu bundles to the
+                # big worker before a small one boots (it would: fewest cpus among the listed).
+                "small": pool(small, 1, 2048, worker_tag="small"),
                 "big": pool(big, 4, 8192, max_workers=1),
                 "broken": pool(
                     tmp / "no-such-cl-worker",
                     1,
                     2048,
                     priority=1,
+                    worker_tag="small",
                     backoff_initial_seconds=120,
                     backoff_max_seconds=120,
                 ),
@@ -108,7 +111,7 @@ async def live_scaler(tmp: Path) -> AsyncIterator[str]:
     runner: web.AppRunner | None = None
     try:
         for _ in range(4):
-            sim.add_bundle(USER, cpus=1, memory="1g", duration=120)
+            sim.add_bundle(USER, cpus=1, memory="1g", duration=120, queue="small")
         for _ in range(3):
             sim.add_bundle(USER, cpus=2, memory="4g", duration=120)
         sim.add_bundle(USER, cpus=BIG_BUNDLE_CPUS, memory="4g", duration=120)
