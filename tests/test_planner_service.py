@@ -40,11 +40,20 @@ class FakeWorkers:
     workers: list[RegisteredWorker] = field(default_factory=list)
     error: Exception | None = None
     malformed: tuple[object, ...] = ()
+    checked_out: list[str] = field(default_factory=list)
+    checkout_error: Exception | None = None
 
     async def fetch_workers(self) -> FakeWorkers:
         if self.error is not None:
             raise self.error
         return self
+
+    async def checkout_worker(self, worker_id: str) -> None:
+        """As CodaLab: the worker is no longer listed."""
+        if self.checkout_error is not None:
+            raise self.checkout_error
+        self.checked_out.append(worker_id)
+        self.workers = [w for w in self.workers if w.worker_id != worker_id]
 
     def register(self, worker_id: str, *, cpus: int = 1, runs: int = 0) -> None:
         self.workers.append(
@@ -186,6 +195,66 @@ async def test_a_registered_idle_worker_takes_the_bundle_instead_of_a_launch(
     assert plan is not None
     where = sorted(p.where.value for p in plan.pools["f"].placements)
     assert where == ["new", "serving"]
+
+
+async def test_a_worker_whose_job_ended_is_checked_out_once_and_only_then(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast"}})
+    backend = s.backends["f"]
+    s.workers.register("someone-elses")  # listed, never one of this pool's jobs
+    stage(s.bundles, 1)
+    await s.cycle()
+    (worker,) = backend.launched
+    backend.activate_all()
+    s.workers.register(worker)
+    s.bundles.staged.clear()
+    await s.cycle()
+    await s.cycle()
+    assert s.workers.checked_out == []  # its job is live: it serves
+    backend.list_error = TransientError("listing failed")
+    del backend.jobs[f"job-{worker}"]
+    await s.cycle()
+    assert s.workers.checked_out == []  # a failed listing proves nothing ended
+    backend.list_error = None
+    with capture_logs() as logs:
+        await s.cycle()  # the job is gone, CodaLab still lists the worker
+        await s.cycle()
+    assert s.workers.checked_out == [f"host-{worker}"]
+    events = [(e["event"], e.get("worker_id")) for e in logs if e["event"].startswith("worker.")]
+    assert events == [("worker.checked_out", f"host-{worker}")]
+    assert [w.worker_id for w in s.workers.workers] == ["host-someone-elses"]
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="f",
+                    outcome="checked_out") == 1  # fmt: skip
+
+
+async def test_a_failed_checkout_is_tried_again_and_the_setting_turns_checkouts_off(
+    service: Factory,
+) -> None:
+    s = await service({"on": {"policy": "fast", "worker_tag": "on"},
+                       "off": {"policy": "fast", "worker_tag": "off",
+                               "keep_exited_workers_listed": True}})  # fmt: skip
+    stage(s.bundles, 1, tag="on")
+    stage(s.bundles, 1, tag="off")
+    await s.cycle()
+    for name in ("on", "off"):
+        (worker,) = s.backends[name].launched
+        s.workers.register(worker)
+    await s.cycle()  # both listed and registered: serving
+    for name in ("on", "off"):
+        s.backends[name].jobs.clear()  # both workers exit; CodaLab keeps listing them
+    s.bundles.staged.clear()
+    s.workers.checkout_error = TransientError("CodaLab at x: timed out")
+    await s.cycle()
+    await s.cycle()
+    assert s.workers.checked_out == []
+    s.workers.checkout_error = None
+    await s.cycle()
+    (on,) = s.backends["on"].launched
+    assert s.workers.checked_out == [f"host-{on}"]  # the "off" pool's worker is left listed
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="on", outcome="failed") == 2
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="off",
+                    outcome="checked_out") == 0  # fmt: skip
 
 
 async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(

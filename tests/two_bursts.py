@@ -64,6 +64,7 @@ class Outcome:
     ran_a_bundle: int
     never_ran: int
     failed_dispatches: int
+    checked_out: int  # exited workers the scaler checked out of CodaLab
     waits: list[float]
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,5 +189,6 @@ def _outcome(
         ran_a_bundle=ran,
         never_ran=max(launched, len(sim.runs_by_worker)) - ran,
         failed_dispatches=sim.failed_dispatches,
+        checked_out=len(sim.checkouts),
         waits=[round(w, 2) for w in waits],
     )

@@ -89,12 +89,17 @@ class PlannerMemory:
 
     ``failed_starts_seen`` is the pool's ``failed_starts`` the planner last
     acted on, so a new failed start backs a ``fast`` pool off once.
+    ``live_workers`` are the worker ids of the pool's live jobs at the last
+    pass with a good job view, ``exited`` those whose job has ended since and
+    that CodaLab still lists (see ``supply.exited``).
     """
 
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
     backoff: Backoff = field(default_factory=Backoff)
     booting_since: Mapping[str, float] = field(default_factory=dict)
     failed_starts_seen: int = 0
+    live_workers: frozenset[str] = frozenset()
+    exited: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +217,8 @@ class PoolState:
     memory: PlannerMemory = field(default_factory=PlannerMemory)
     cancelled: frozenset[str] = frozenset()
     cancel_failures: Mapping[str, int] = field(default_factory=dict)
+    # Exited workers' registered ids this process checked out (forgotten once unlisted).
+    checked_out: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,13 @@ from codalab_scaler.core.planner import (
 from codalab_scaler.core.routing import Stranded
 from codalab_scaler.core.supply import PoolWorker, WorkerState
 from codalab_scaler.service import waits
-from codalab_scaler.service.context import BundleSource, Context, ParsedStaged, PoolRuntime
+from codalab_scaler.service.context import (
+    BundleSource,
+    Context,
+    ParsedStaged,
+    PoolRuntime,
+    WorkerSource,
+)
 from codalab_scaler.service.launch import Outcome, launch_in_order, launch_together
 from codalab_scaler.service.observe import poll_bundles
 
@@ -301,6 +307,8 @@ async def _act(
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, why))
     if rt.cancel_stuck_workers and ctx.may_act():
         await _cancel_stuck(ctx, rt, p, stuck, now)
+    if rt.checkout_exited_workers and ctx.workers is not None and ctx.may_act():
+        await _check_out_exited(ctx, ctx.workers, rt, p)
     launched = sum(1 for o in outcomes if o is Outcome.LAUNCHED)
     latest = ctx.state.plan
     if launched and latest is not None:
@@ -350,6 +358,40 @@ async def _cancel_stuck(
     )
     if cancelled:
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, "stuck_cancelled"))
+
+
+async def _check_out_exited(
+    ctx: Context, source: WorkerSource, rt: PoolRuntime, p: PoolPlan
+) -> None:
+    """Check out each worker whose job has ended and that CodaLab still lists, once.
+
+    A ``cl-worker`` that exits idle does not check out, and CodaLab's bundle
+    manager keeps dispatching runs to it (each lost) for 60 s; a failure is
+    tried again next pass while the worker stays listed.
+    """
+    state = ctx.state.snapshot.pools[rt.name]
+    done = {w for w in state.checked_out if w in p.exited}
+    todo = [w for w in p.exited if w not in done]
+    if not todo:
+        if done != state.checked_out:
+            ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
+        return
+    if ctx.dry_run:
+        log.info("scaler.dry_run_checkout", pool=rt.name, worker_ids=todo)
+        done.update(todo)  # said once
+    else:
+        for worker_id in todo:
+            try:
+                await source.checkout_worker(worker_id)
+            except (RefusedError, TransientError) as exc:
+                ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="failed").inc()
+                log.warning("worker.checkout_failed", pool=rt.name, worker_id=worker_id,
+                            error=str(exc))  # fmt: skip
+                continue
+            ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="checked_out").inc()
+            log.info("worker.checked_out", pool=rt.name, worker_id=worker_id, reason="job_ended")
+            done.add(worker_id)
+    ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
 
 
 def _booting_from_launch(memory: PlannerMemory, ctx: Context, name: str) -> PlannerMemory:

@@ -122,6 +122,7 @@ class CodaLabSimulator:
         app.router.add_get("/rest/bundles", self._search)
         app.router.add_get("/rest/workers/info", self._workers_info)
         app.router.add_post("/rest/workers/{worker_id}/checkin", self._checkin)
+        app.router.add_post("/rest/workers/{worker_id}/checkout", self._checkout)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
@@ -155,6 +156,11 @@ class CodaLabSimulator:
     def failed_dispatches(self) -> int:
         """Runs the bundle manager dispatched to a worker that did not pick them up."""
         return self._registry.failed_dispatches
+
+    @property
+    def checkouts(self) -> list[str]:
+        """Worker ids checked out through ``POST /rest/workers/<id>/checkout``, in order."""
+        return self._registry.checkouts
 
     @property
     def url(self) -> str:
@@ -324,6 +330,11 @@ class CodaLabSimulator:
     async def _workers_info(self, request: web.Request) -> web.Response:
         caller = self._require_caller(request)
         return web.json_response({"data": self._registry.info(caller)})
+
+    async def _checkout(self, request: web.Request) -> web.Response:
+        caller = self._require_caller(request)
+        self._registry.checkout(request.match_info["worker_id"], caller)
+        return web.Response(status=200)
 
     async def _checkin(self, request: web.Request) -> web.Response:
         caller = self._require_caller(request)

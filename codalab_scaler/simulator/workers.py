@@ -68,6 +68,8 @@ class WorkerRegistry:
         self.workers: dict[str, SimWorker] = {}
         self.runs_by_worker: dict[str, int] = {}
         self.failed_dispatches = 0
+        # Worker ids checked out by ``POST /rest/workers/<id>/checkout``, in order.
+        self.checkouts: list[str] = []
         self.run_quotas = dict(run_quotas or {})
         self.dispatch_loss = dispatch_loss
         self._bundles = bundles
@@ -83,6 +85,16 @@ class WorkerRegistry:
         for worker in list(self.workers.values()):
             if now - worker.checkin_time > timeout:
                 self._forget(worker)
+
+    def checkout(self, worker_id: str, caller: str) -> None:
+        """``POST /rest/workers/<id>/checkout``: forget the caller's worker and restage its runs.
+
+        As CodaLab's ``worker_cleanup``: a worker not listed, or another user's, is left alone.
+        """
+        worker = self.workers.get(worker_id)
+        self.checkouts.append(worker_id)
+        if worker is not None and worker.user == caller:
+            self._forget(worker)
 
     def info(self, caller: str) -> list[dict[str, object]]:
         """The ``data`` of ``GET /rest/workers/info``: the root user sees every worker."""
