@@ -84,6 +84,9 @@ class ChurnBackend:
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
         return {"job_id": f"job-{worker_id}"}
 
+    async def cancel(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
     async def aclose(self) -> None:
         return None
 

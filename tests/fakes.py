@@ -68,6 +68,8 @@ class FakeBackend:
     launched: list[str] = field(default_factory=list)
     closed: bool = False
     reasons: dict[str, str] = field(default_factory=dict)
+    cancelled: list[str] = field(default_factory=list)
+    cancel_error: Exception | None = None
 
     async def list_jobs(self) -> Sequence[WorkerJob]:
         if self.list_error is not None:
@@ -96,6 +98,13 @@ class FakeBackend:
 
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
         return {"job_id": f"job-{worker_id}"}
+
+    async def cancel(self, job_id: str) -> None:
+        """Record the call and forget the job (gone already is fine, as the contract says)."""
+        if self.cancel_error is not None:
+            raise self.cancel_error
+        self.cancelled.append(job_id)
+        self.jobs.pop(job_id, None)
 
     async def aclose(self) -> None:
         self.closed = True

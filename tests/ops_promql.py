@@ -23,12 +23,12 @@ RUNBOOK = ROOT / "deploy" / "RUNBOOK.md"
 JOB = "codalab-scaler"
 
 # What Grafana would put in place of the dashboard's variables when the
-# test's Prometheus scrapes the demo (one pool, "demo", scraped every second).
+# test's Prometheus scrapes the demo (pools "small" and "big", scraped every second).
 GRAFANA_VARIABLES = {
     "${datasource}": "prometheus",
     "$__rate_interval": "15s",
     "$__interval": "5s",
-    "$pool": "demo",
+    "$pool": "small",
 }
 
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
@@ -139,3 +139,52 @@ def rule_test_series() -> list[tuple[str, dict[str, str]]]:
                 labels = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', text[len(name) :]))
                 out.append((name, labels))
     return out
+
+
+# Labels every scraped series carries, or whose values are the installation's own.
+_FREE_LABELS = {"job", "instance", "pool"}
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+_WORD = re.compile(r"^\w+$")
+
+
+def exported_series() -> dict[str, dict[str, set[str]]]:
+    """Series name -> label name -> values, as the scaler exports them (no service).
+
+    From ``reference_registry()``, the registry the metrics reference is
+    generated from: every family with samples, every label with its values
+    (the pool is called ``<pool>`` there).
+    """
+    from codalab_scaler.service.metrics import reference_registry
+
+    out: dict[str, dict[str, set[str]]] = {}
+    for family in reference_registry().collect():
+        for sample in family.samples:
+            labels = out.setdefault(sample.name, {})
+            for key, value in sample.labels.items():
+                labels.setdefault(key, set()).add(value)
+    return out
+
+
+def selector_problem(selector: str, exported: dict[str, dict[str, set[str]]]) -> str | None:
+    """Why ``selector`` cannot match what the scaler exports, or None when it can.
+
+    Checks the metric name, every matched label name, and the values of
+    ``=`` and ``=~`` matchers made of plain alternatives (``a|b``) on the
+    scaler's own labels (reason, state, outcome, bound, source...).
+    """
+    name = metric_name(selector)
+    labels = exported.get(name)
+    if labels is None:
+        return f"{name} is not exported"
+    for key, op, value in _MATCHER.findall(selector[len(name) :]):
+        if key in _FREE_LABELS:
+            continue
+        if key not in labels:
+            return f"{name} has no label {key!r} (it has {sorted(labels)})"
+        if op not in ("=", "=~"):
+            continue
+        wanted = value.split("|") if op == "=~" else [value]
+        for alternative in wanted:
+            if _WORD.match(alternative) and alternative not in labels[key]:
+                return f"{name}{{{key}={alternative!r}}} is never exported: {sorted(labels[key])}"
+    return None

@@ -152,6 +152,22 @@ class SlurmCluster:
         rows = (line.split("|", 2) for line in out.splitlines() if line.strip())
         return {job_id: (state, name) for job_id, state, name in rows}
 
+    @contextlib.contextmanager
+    def partition_down(self) -> Iterator[None]:
+        """Jobs submitted meanwhile stay PENDING (reason PartitionDown), as behind a full cluster.
+
+        On the way out every job is cancelled (none of the held ones starts) and the
+        partition is UP again, even when the body failed.
+        """
+        self.run("scontrol", "update", f"PartitionName={self.partition}", "State=DOWN")
+        try:
+            yield
+        finally:
+            try:
+                self.scancel_all()
+            finally:
+                self.run("scontrol", "update", f"PartitionName={self.partition}", "State=UP")
+
     def scancel_all(self) -> None:
         """Cancel every job and wait (bounded) until none is pending or running."""
         self.run("scancel", "--user=root", check=False)

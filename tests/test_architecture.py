@@ -58,6 +58,17 @@ def test_the_real_source_keeps_every_contract() -> None:
             "Product code reaches the CodaLab simulator only through the demo",
         ),
         ("simulator/wire.py", "import codalab_scaler.service.state", "The simulator stands apart"),
+        ("whatif/engine.py", "import asyncio", "What-if replays use the pure core"),
+        (
+            "whatif/report.py",
+            "import codalab_scaler.sources.codalab.jsonapi",
+            "What-if replays use the pure core",
+        ),
+        (
+            "service/planning.py",
+            "import codalab_scaler.whatif.engine",
+            "Only the command line starts a what-if replay",
+        ),
     ],
 )
 def test_a_planted_import_breaks_its_contract(

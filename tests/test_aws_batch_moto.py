@@ -19,7 +19,7 @@ from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions
 from codalab_scaler.service.loops import run_once
 from codalab_scaler.service.wiring import Overrides
-from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.backend import CANCEL_REASON, AwsBatchBackend
 from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
 from tests.defaults import worker_options
@@ -275,3 +275,33 @@ async def test_a_refusing_pool_is_counted_and_its_bundles_fall_through(moto: Mot
     assert sample("codalab_scaler_launches_total", pool="badqueue", outcome="launched") == 0
     assert not ctx.fatal.is_set()
     assert {name.split("-")[2] for name in moto.statuses()} == {"good"}
+
+
+async def test_cancel_terminates_a_held_job_and_its_end_is_no_failed_start(
+    make: Make, moto: MotoBatch
+) -> None:
+    backend = make()
+    cancelled = await backend.launch(wid(1))
+    kept = await backend.launch(wid(2))
+    restarted = make()  # lists the job pending, then finds it ended: knows it by its reason
+    assert {job.job_id for job in await restarted.list_jobs()} == {cancelled, kept}
+    await backend.cancel(cancelled)
+    await backend.cancel(cancelled)  # idempotent
+    await backend.cancel("00000000-0000-0000-0000-000000000000")  # unknown: gone already, fine
+    job = moto.batch.describe_jobs(jobs=[cancelled])["jobs"][0]
+    assert job["statusReason"] == CANCEL_REASON
+
+    # moto keeps a terminated job in its held state until its lifecycle moves on (real Batch
+    # fails a RUNNABLE job at once); a short lifecycle ends both jobs FAILED (no Docker here).
+    moto.server.job_lifecycle(0.2)
+
+    async def both_failed() -> bool:
+        statuses = await asyncio.to_thread(moto.statuses)
+        return [statuses.get(f"codalab-scaler-default-{wid(i)}") for i in (1, 2)] == ["FAILED"] * 2
+
+    await eventually(both_failed, "moto ends both jobs FAILED", within=15, interval=0.1)
+    # Only the job nobody cancelled is a failed start; the terminated one is simply gone.
+    expected = [WorkerJob(kept, JobState.FAILED, wid(2), "FAILED")]
+    assert await backend.list_jobs() == expected
+    assert await restarted.list_jobs() == expected
+    assert await backend.list_jobs() == []

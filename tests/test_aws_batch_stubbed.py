@@ -29,7 +29,7 @@ from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientErr
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.wiring import Overrides
-from codalab_scaler.sources.backends.aws_batch.backend import AwsBatchBackend
+from codalab_scaler.sources.backends.aws_batch.backend import CANCEL_REASON, AwsBatchBackend
 from codalab_scaler.sources.backends.aws_batch.errors import translate
 from codalab_scaler.sources.backends.aws_batch.settings import AwsBatchBackendSettings
 from codalab_scaler.sources.backends.base import WorkerCredentials
@@ -47,9 +47,9 @@ ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:pw"
 PAGE = 100  # what the fake returns per page, whatever maxResults asks
 
 
-def client_error(code: str, status: int) -> ClientError:
+def client_error(code: str, status: int, message: str = "no") -> ClientError:
     response: Any = {
-        "Error": {"Code": code, "Message": "no"},
+        "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status},
     }
     return ClientError(response, "ListJobs")
@@ -103,6 +103,12 @@ class FakeBatch:
         if self.errors:
             raise self.errors.pop(0)
         return {"jobId": "job-" + request["jobName"]}
+
+    async def terminate_job(self, **request: Any) -> dict[str, Any]:
+        self.calls.append(("terminate_job", request))
+        if self.errors:
+            raise self.errors.pop(0)
+        return {}
 
 
 def backend_with(fake: FakeBatch, **settings: Any) -> AwsBatchBackend:
@@ -186,6 +192,38 @@ def test_a_pause_aws_asks_for_travels_with_the_error(
     with pytest.raises(TransientError) as raised, translate("list_jobs"):
         raise error
     assert raised.value.retry_after == pause
+
+
+def throttled(retry_after: str) -> ClientError:
+    error = client_error("TooManyRequestsException", 429)
+    error.response["ResponseMetadata"]["HTTPHeaders"] = {"retry-after": retry_after}
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "pause"),
+    [
+        (throttled("5"), TransientError, 5.0),
+        (client_error("ServerException", 500), TransientError, None),
+        (EndpointConnectionError(endpoint_url="http://x"), TransientError, None),
+        (client_error("AccessDeniedException", 403), RefusedError, None),
+        (client_error("ClientException", 400, "'reason' is a required field"), RefusedError, None),
+        (client_error("ClientException", 400, "Job not found"), None, None),  # gone: success
+    ],
+)
+async def test_cancel_errors_are_classified_like_every_other_call(
+    error: Exception, kind: type[Exception] | None, pause: float | None
+) -> None:
+    fake = FakeBatch()
+    fake.errors = [error]
+    backend = backend_with(fake)
+    if kind is None:
+        await backend.cancel("job-1")
+    else:
+        with pytest.raises(kind, match="AWS Batch terminate_job") as raised:
+            await backend.cancel("job-1")
+        assert getattr(raised.value, "retry_after", None) == pause
+    assert fake.calls == [("terminate_job", {"jobId": "job-1", "reason": CANCEL_REASON})]
 
 
 def test_anything_else_is_a_bug_and_propagates() -> None:

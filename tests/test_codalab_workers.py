@@ -62,3 +62,20 @@ async def test_the_client_warns_for_each_malformed_entry(
     assert [(e["event"], e["worker_id"]) for e in logs if e["log_level"] == "warning"] == [
         ("codalab.worker_malformed", "host-abc")
     ]
+
+
+async def test_checking_out_a_worker_makes_codalab_forget_it_and_restage_its_runs(
+    sim: CodaLabSimulator, client_factory: ClientFactory
+) -> None:
+    uuid = sim.add_bundle("alice", cpus=1, memory="1g")
+    sim._registry.checkin("host-abc", "alice", {"cpus": 2, "memory_bytes": 4 * GIB})
+    sim._registry.checkin("host-bob", "bob", {"cpus": 1, "memory_bytes": GIB})
+    assert sim.bundle(uuid).state == "running"  # on host-abc, which then exits
+    alice = client_factory(sim.url, "alice")
+    await alice.checkout_worker("host-abc")
+    await alice.checkout_worker("host-bob")  # another user's: CodaLab leaves it alone
+    await alice.checkout_worker("host-gone")  # not listed: a no-op, as worker_cleanup
+    assert sim.checkouts == ["host-abc", "host-bob", "host-gone"]
+    assert sorted(sim.workers) == ["host-bob"]
+    assert sim.bundle(uuid).state == "staged"
+    assert (await alice.fetch_workers()).workers == ()

@@ -9,11 +9,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops_promql import DASHBOARD, ROOT, load_dashboard, panels, selectors, substitute
+from tests.ops_promql import (
+    DASHBOARD,
+    ROOT,
+    exported_series,
+    load_dashboard,
+    panels,
+    selector_problem,
+    selectors,
+    substitute,
+)
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Metrics without a pool label: everything else must be filtered by $pool.
-POOL_LESS = {"up", "codalab_scaler_build_info"}
+# A bundle no pool takes belongs to no pool: unroutable_bundles is by reason only.
+POOL_LESS = {"up", "codalab_scaler_build_info", "codalab_scaler_unroutable_bundles"}
 
 
 @pytest.fixture(name="dashboard")
@@ -99,8 +109,46 @@ def test_what_the_issue_asks_is_graphed(dashboard: dict[str, Any]) -> None:
         "codalab_scaler_failed_starts_total",
         "codalab_scaler_in_flight_launches",
         "codalab_scaler_pool_workers_limit",
+        # The planner (issue 10): routing, workers by state, backoff, tokens, waits.
+        "codalab_scaler_unroutable_bundles",
+        "codalab_scaler_routed_bundles",
+        "codalab_scaler_workers",
+        "codalab_scaler_backoff_remaining_seconds",
+        "codalab_scaler_launch_tokens",
+        "codalab_scaler_stuck_workers_total",
+        "codalab_scaler_cancelled_workers_total",
+        "codalab_scaler_backoffs_total",
+        "codalab_scaler_bundle_launch_wait_seconds_bucket",
+        "codalab_scaler_bundle_staged_seconds_bucket",
     ):
         assert metric in text, metric
+
+
+def test_every_selector_is_exported_by_the_scaler(dashboard: dict[str, Any]) -> None:
+    """Metric names, label names and label values as the metrics reference has them,
+    without a Prometheus (test_ops_prometheus.py queries a live one as well)."""
+    exported = exported_series() | {"up": {"job": set(), "instance": set()}}
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            for selector in selectors(target["expr"]):
+                problem = selector_problem(selector, exported)
+                assert problem is None, (panel["title"], target["refId"], problem)
+
+
+def test_workers_panel_stacks_the_states_and_not_idle(dashboard: dict[str, Any]) -> None:
+    """Idle workers are serving workers: stacked with them they would count twice."""
+    (panel,) = [p for p in panels(dashboard) if p["title"].startswith("Workers by state")]
+    assert panel["repeat"] == "pool"
+    assert panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    stacked, idle = panel["targets"]
+    assert 'state=~"booting|serving|stuck"' in stacked["expr"]
+    assert 'state="idle"' in idle["expr"]
+    (override,) = [
+        o for o in panel["fieldConfig"]["overrides"]
+        if o["matcher"] == {"id": "byName", "options": idle["legendFormat"]}
+    ]  # fmt: skip
+    stacking = {p["id"]: p["value"] for p in override["properties"]}["custom.stacking"]
+    assert stacking["mode"] == "none"
 
 
 def test_provisioning_files() -> None:

@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops_promql import ROOT, RULE_TESTS, RUNBOOK, alert_names, rule_list
+from tests.ops_promql import (
+    ROOT,
+    RULE_TESTS,
+    RUNBOOK,
+    alert_names,
+    exported_series,
+    recorded_names,
+    rule_exprs,
+    rule_list,
+    selector_problem,
+    selectors,
+)
 
 ALERTS = [rule for rule in rule_list() if "alert" in rule]
 
@@ -67,3 +78,25 @@ def test_operations_alerts_table_lists_every_alert() -> None:
     section = operations[start : operations.find("\n## ", start + 1)]
     listed = set(re.findall(r"^\| \[?`(\w+)`", section, flags=re.MULTILINE))
     assert listed == set(alert_names())
+
+
+def test_every_rule_selector_is_exported_by_the_scaler() -> None:
+    """Metric names, label names and label values as the metrics reference has them,
+    without a Prometheus (test_ops_prometheus.py queries a live one as well)."""
+    exported = exported_series() | {"up": {"job": set(), "instance": set()}}
+    exported |= {name: {} for name in recorded_names()}
+    for expr in rule_exprs():
+        for selector in selectors(expr.promql):
+            problem = selector_problem(selector, exported)
+            assert problem is None, (expr.origin, problem)
+
+
+def test_unroutable_alert_covers_every_reason_once() -> None:
+    """Each reason the planner exports has exactly one severity."""
+    exported = exported_series()["codalab_scaler_unroutable_bundles"]["reason"]
+    covered: list[str] = []
+    for rule in ALERTS:
+        if rule["alert"] == "CodalabScalerBundlesUnroutable":
+            (matcher,) = re.findall(r'reason=~?"([^"]*)"', rule["expr"])
+            covered.extend(matcher.split("|"))
+    assert sorted(covered) == sorted(exported)

@@ -6,11 +6,17 @@ from dataclasses import replace
 
 import pytest
 
-from codalab_scaler.core.model import InFlightLaunch, JobState, Observation
+from codalab_scaler.core.model import (
+    InFlightLaunch,
+    JobState,
+    Observation,
+    RegisteredWorker,
+    WorkerJob,
+)
 from codalab_scaler.core.pacing import Backoff, TokenBucket
 from codalab_scaler.core.planner import Memory, PolicyKind, after_failure, after_launches, plan
 from codalab_scaler.core.routing import Unroutable
-from codalab_scaler.core.supply import WorkerState
+from codalab_scaler.core.supply import WorkerState, exited, live_worker_ids, registrations
 from tests.planner_inputs import NOW, bundle, checked_in, job, pool, seen, spec, state
 
 COMPAT = PolicyKind.COMPAT
@@ -183,3 +189,42 @@ def test_launch_attempts_spend_tokens_of_fast_pools_only() -> None:
     assert memory.bucket.available(NOW, 60, 5) == 2
     assert after_launches(spec(kind=COMPAT), Memory(), 3, NOW) == Memory()
     assert replace(memory.bucket).available(NOW + 60, 60, 5) == 5
+
+
+# fmt: off
+EXITED = [
+    # (jobs live at the last pass, already exited, jobs listed now, registered ids, expected)
+    ("a live job's worker serves",         {"w1"}, set(),  [job("w1")],                    {"w1"},       set()),
+    ("its job ended: exited",              {"w1"}, set(),  [],                             {"w1"},       {"w1"}),
+    ("exited stays exited while listed",   set(),  {"w1"}, [],                             {"w1"},       {"w1"}),
+    ("no longer listed by CodaLab: gone",  set(),  {"w1"}, [],                             set(),        set()),
+    ("failed job, still registered",       set(),  set(),  [job("w1", JobState.FAILED)],   {"w1"},       {"w1"}),
+    ("never this pool's: left alone",      set(),  set(),  [],                             {"w9"},       set()),
+    ("ended before registering: nothing",  {"w1"}, set(),  [],                             set(),        set()),
+    ("same id live again (restart)",       set(),  {"w1"}, [job("w1")],                    {"w1"},       set()),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("name", "live_before", "exited_before", "jobs", "registered", "expected"), EXITED,
+    ids=[case[0] for case in EXITED],
+)  # fmt: skip
+def test_exited_workers(name: str, live_before: set[str], exited_before: set[str],
+                        jobs: list[WorkerJob], registered: set[str],
+                        expected: set[str]) -> None:  # fmt: skip
+    index = registrations(checked_in(w) for w in registered)
+    live = live_worker_ids(jobs, ())
+    assert exited(frozenset(live_before), frozenset(exited_before), live, jobs, index) == expected
+
+
+def test_the_plan_names_exited_workers_as_codalab_lists_them_and_only_on_a_good_job_view() -> None:
+    before = replace(state(jobs=(job("w1"),)), memory=Memory(live_workers=frozenset({"w1"})))
+    ended = replace(before, jobs=Observation((), observed_at=NOW))
+    assert plan([pool(spec("a"), ended)], seen(checked_in("w1")), NOW).pools["a"].exited == (
+        "host-w1",
+    )
+    failed = replace(before, jobs=Observation(None, error="listing failed"))
+    assert plan([pool(spec("a"), failed)], seen(checked_in("w1")), NOW).pools["a"].exited == ()
+    unknown: Observation[tuple[RegisteredWorker, ...]] = Observation(error="workers/info failed")
+    assert plan([pool(spec("a"), ended)], unknown, NOW).pools["a"].exited == ()

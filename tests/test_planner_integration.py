@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.service.context import Context
+from codalab_scaler.service.health import HealthReport
 from codalab_scaler.service.observe import poll_jobs
 from codalab_scaler.service.planning import plan_pass, poll_demand, poll_workers
+from codalab_scaler.service.status import build_status
 from codalab_scaler.simulator import CodaLabSimulator
 from tests.harness import opened
 from tests.simulator_fixtures import SimFactory, sim_factory_fixture
@@ -74,8 +76,8 @@ async def live(sim_factory: SimFactory, tmp_path: Path) -> AsyncIterator[LiveFac
     )
     async with AsyncExitStack() as stack:
 
-        async def make(pools: dict[str, dict[str, Any]]) -> Live:
-            sim = await sim_factory(users={USER: PASSWORD})
+        async def make(pools: dict[str, dict[str, Any]], **sim_options: Any) -> Live:
+            sim = await sim_factory(users={USER: PASSWORD}, **sim_options)
 
             def pool(p: dict[str, Any]) -> dict[str, Any]:
                 backend = {"kind": "local", "state_dir": str(tmp_path / "state"),
@@ -169,3 +171,29 @@ async def test_a_worker_that_never_registers_is_stuck_then_cancelled(
     jobs = s.ctx.state.snapshot.pools["p"].jobs.value
     assert jobs == ()  # SIGTERM-ed, reaped, not a failed start
     assert s.ctx.state.snapshot.pools["p"].failed_starts == 0
+
+
+async def test_a_bundle_held_back_by_the_users_quota_waits_on_its_worker_and_is_not_demand(
+    live: LiveFactory, tmp_path: Path
+) -> None:
+    # A 2-cpu worker; CodaLab runs one bundle of the user at a time (parallel-run quota 1).
+    two_cpus = _script(
+        tmp_path / "two-cpu-worker",
+        f'exec "{sys.executable}" -m codalab_scaler.simulator.stand_in_worker --cpus 2 "$@"',
+    )
+    pool = {"policy": "fast", "backend": {"cpus": 2}, "worker_executable": str(two_cpus),
+            "worker_idle_seconds": 30}  # fmt: skip
+    s = await live({"p": pool}, run_quotas={USER: 1})
+    uuids = [s.sim.add_bundle(USER, duration=30, memory="1g") for _ in range(2)]
+    await s.run(6)
+    assert s.launched("p") == 1  # both fit one worker; the held-back one is no demand
+    (running,) = s.sim.bundles_in_state("running")
+    (held,) = s.sim.bundles_in_state("staged")
+    assert sorted([running, held]) == sorted(uuids)
+    (job,) = s.ctx.state.snapshot.pools["p"].jobs.value or ()
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    (row,) = status["bundles"]["staged"]
+    assert row["uuid"] == held
+    assert row["placed"] == {"where": "serving", "worker": job.job_id}
+    assert row["waiting_on"].startswith(f"worker {job.job_id} / ")
+    assert row["waiting_on"].endswith(f"-{job.worker_id}")

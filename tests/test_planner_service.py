@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -39,11 +40,20 @@ class FakeWorkers:
     workers: list[RegisteredWorker] = field(default_factory=list)
     error: Exception | None = None
     malformed: tuple[object, ...] = ()
+    checked_out: list[str] = field(default_factory=list)
+    checkout_error: Exception | None = None
 
     async def fetch_workers(self) -> FakeWorkers:
         if self.error is not None:
             raise self.error
         return self
+
+    async def checkout_worker(self, worker_id: str) -> None:
+        """As CodaLab: the worker is no longer listed."""
+        if self.checkout_error is not None:
+            raise self.checkout_error
+        self.checked_out.append(worker_id)
+        self.workers = [w for w in self.workers if w.worker_id != worker_id]
 
     def register(self, worker_id: str, *, cpus: int = 1, runs: int = 0) -> None:
         self.workers.append(
@@ -51,15 +61,6 @@ class FakeWorkers:
                 f"host-{worker_id}", cpus, 0, 2 * GIB, run_uuids=tuple(f"r{i}" for i in range(runs))
             )
         )
-
-
-@dataclass
-class CancellingBackend(FakeBackend):
-    cancelled: list[str] = field(default_factory=list)
-
-    async def cancel(self, job_id: str) -> None:
-        self.cancelled.append(job_id)
-        self.jobs.pop(job_id, None)
 
 
 class Service:
@@ -108,11 +109,9 @@ def settings(pools: dict[str, dict[str, Any]], **top: Any) -> Settings:
 async def service() -> AsyncIterator[Factory]:
     async with AsyncExitStack() as stack:
 
-        async def make(pools: dict[str, dict[str, Any]], *, cancel: bool = False,
-                       **top: Any) -> Service:  # fmt: skip
+        async def make(pools: dict[str, dict[str, Any]], **top: Any) -> Service:
             clock, bundles, workers = FakeClock(), FakeBundles(), FakeWorkers()
-            kind = CancellingBackend if cancel else FakeBackend
-            backends: dict[str, FakeBackend] = {name: kind() for name in pools}
+            backends: dict[str, FakeBackend] = {name: FakeBackend() for name in pools}
             registry = CollectorRegistry()
             overrides = Overrides(bundles=bundles, backends=backends, workers=workers)
             ctx = await stack.enter_async_context(
@@ -198,15 +197,74 @@ async def test_a_registered_idle_worker_takes_the_bundle_instead_of_a_launch(
     assert where == ["new", "serving"]
 
 
+async def test_a_worker_whose_job_ended_is_checked_out_once_and_only_then(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast"}})
+    backend = s.backends["f"]
+    s.workers.register("someone-elses")  # listed, never one of this pool's jobs
+    stage(s.bundles, 1)
+    await s.cycle()
+    (worker,) = backend.launched
+    backend.activate_all()
+    s.workers.register(worker)
+    s.bundles.staged.clear()
+    await s.cycle()
+    await s.cycle()
+    assert s.workers.checked_out == []  # its job is live: it serves
+    backend.list_error = TransientError("listing failed")
+    del backend.jobs[f"job-{worker}"]
+    await s.cycle()
+    assert s.workers.checked_out == []  # a failed listing proves nothing ended
+    backend.list_error = None
+    with capture_logs() as logs:
+        await s.cycle()  # the job is gone, CodaLab still lists the worker
+        await s.cycle()
+    assert s.workers.checked_out == [f"host-{worker}"]
+    events = [(e["event"], e.get("worker_id")) for e in logs if e["event"].startswith("worker.")]
+    assert events == [("worker.checked_out", f"host-{worker}")]
+    assert [w.worker_id for w in s.workers.workers] == ["host-someone-elses"]
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="f",
+                    outcome="checked_out") == 1  # fmt: skip
+
+
+async def test_a_failed_checkout_is_tried_again_and_the_setting_turns_checkouts_off(
+    service: Factory,
+) -> None:
+    s = await service({"on": {"policy": "fast", "worker_tag": "on"},
+                       "off": {"policy": "fast", "worker_tag": "off",
+                               "keep_exited_workers_listed": True}})  # fmt: skip
+    stage(s.bundles, 1, tag="on")
+    stage(s.bundles, 1, tag="off")
+    await s.cycle()
+    for name in ("on", "off"):
+        (worker,) = s.backends[name].launched
+        s.workers.register(worker)
+    await s.cycle()  # both listed and registered: serving
+    for name in ("on", "off"):
+        s.backends[name].jobs.clear()  # both workers exit; CodaLab keeps listing them
+    s.bundles.staged.clear()
+    s.workers.checkout_error = TransientError("CodaLab at x: timed out")
+    await s.cycle()
+    await s.cycle()
+    assert s.workers.checked_out == []
+    s.workers.checkout_error = None
+    await s.cycle()
+    (on,) = s.backends["on"].launched
+    assert s.workers.checked_out == [f"host-{on}"]  # the "off" pool's worker is left listed
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="on", outcome="failed") == 2
+    assert s.sample("codalab_scaler_checked_out_workers_total", pool="off",
+                    outcome="checked_out") == 0  # fmt: skip
+
+
 async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(
     service: Factory,
 ) -> None:
     s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
-                              "cancel_stuck_workers": True}}, cancel=True)  # fmt: skip
+                              "cancel_stuck_workers": True}})  # fmt: skip
     stage(s.bundles, 1)
     await s.cycle()
     backend = s.backends["f"]
-    assert isinstance(backend, CancellingBackend)
     (worker,) = backend.launched
     backend.activate_all()  # running, but its cl-worker never checks in
     s.clock.advance(30)
@@ -221,6 +279,66 @@ async def test_a_worker_that_never_registers_becomes_stuck_and_is_cancelled(
     assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
     assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 1
     assert any(e["event"] == "pool.backing_off" for e in logs)
+
+
+async def test_a_dry_run_only_says_which_stuck_worker_it_would_cancel(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}}, dry_run=True)  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.ACTIVE  # launched earlier, its cl-worker never checks in
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()
+        await s.cycle()
+    would = [e["job_ids"] for e in logs if e["event"] == "scaler.dry_run_cancel"]
+    assert would == [["job-w1"]]
+    assert backend.cancelled == []
+    assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 0
+
+
+async def test_a_cancel_that_fails_is_counted_and_the_pool_does_not_back_off(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}})  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.PENDING
+    backend.cancel_error = TransientError("controller down")
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()
+    failed = [e for e in logs if e["event"] == "worker.cancel_failed"]
+    assert [(e["job_id"], e["error"]) for e in failed] == [("job-w1", "controller down")]
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="failed") == 1
+    assert not any(e["event"] == "pool.backing_off" for e in logs)
+
+
+async def test_a_failed_cancel_is_tried_again_and_a_cancelled_job_is_not_cancelled_twice(
+    service: Factory,
+) -> None:
+    s = await service({"f": {"policy": "fast", "provision_timeout_seconds": 60,
+                              "cancel_stuck_workers": True}})  # fmt: skip
+    backend = s.backends["f"]
+    backend.jobs["job-w1"] = JobState.PENDING
+    backend.cancel_error = TransientError("controller down")
+    await s.cycle()
+    s.clock.advance(61)
+    with capture_logs() as logs:
+        await s.cycle()  # found stuck: the cancel fails
+        await s.cycle()  # still stuck: tried again, quieter
+        backend.cancel_error = None
+        await s.cycle()  # succeeds
+        backend.jobs["job-w1"] = JobState.PENDING  # the fake forgets it; AWS Batch lists it a while
+        await s.cycle()  # the backend still lists it (as AWS Batch does for a while): left alone
+    failed = [(e["log_level"], e["attempts"]) for e in logs if e["event"] == "worker.cancel_failed"]
+    assert failed == [("warning", 1), ("info", 2)]
+    assert backend.cancelled == ["job-w1"]
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="failed") == 2
+    assert s.sample("codalab_scaler_cancelled_workers_total", pool="f", outcome="cancelled") == 1
+    assert s.sample("codalab_scaler_stuck_workers_total", pool="f") == 1
 
 
 async def test_unroutable_bundles_are_logged_once_per_reason_and_exported(
@@ -346,3 +464,45 @@ async def test_status_lists_the_first_bundles_by_uuid_and_counts_them_all(
     assert [r["uuid"] for r in rows] == [f"0x{i:032x}" for i in range(95, 180)][:100]
     assert [r["unroutable"]["reason"] for r in rows[-30:]] == ["too_large"] * 30
     assert (rows[-1]["pool"], rows[-1]["placed"]) == (None, None)
+
+
+async def test_a_bundle_held_back_on_a_serving_worker_is_not_demand_and_says_so(
+    service: Factory,
+) -> None:
+    # A 2-cpu worker runs one of the user's bundles; CodaLab keeps the other staged
+    # (the user is at their parallel-run quota), though the worker has a cpu free.
+    s = await service({"f": {"policy": "fast", "cpus": 2}})
+    stage(s.bundles, 1)
+    assert await s.cycle() == {"f": ("staged_work", 1)}
+    (worker,) = s.backends["f"].launched
+    s.backends["f"].activate_all()
+    s.workers.register(worker, cpus=2, runs=1)
+    stage(s.bundles, 1)
+    running, held = s.bundles.staged
+    s.bundles.staged.remove(running)
+    for _ in range(3):
+        s.clock.advance(30)
+        assert await s.cycle() == {"f": ("covered_by_workers", 0)}
+    assert len(s.backends["f"].launched) == 1
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    (row,) = status["bundles"]["staged"]
+    assert row["uuid"] == held.uuid
+    assert row["placed"] == {"where": "serving", "worker": f"job-{worker}"}
+    assert row["waiting_on"] == f"worker job-{worker} / host-{worker}"
+    assert row["waiting_seconds"] == 60
+    first_seen = datetime.fromisoformat(row["first_seen"])
+    assert first_seen.utcoffset() == timedelta(0)
+    assert row["first_seen"].endswith("Z")
+    elapsed = datetime.now(UTC) - first_seen
+    assert timedelta(seconds=58) <= elapsed <= timedelta(seconds=62 + 60)
+
+
+async def test_bundles_placed_on_new_or_booting_workers_wait_on_nothing(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast", "launch_burst": 1, "launch_rate_per_minute": 1}})
+    stage(s.bundles, 2)
+    await s.cycle()  # one token: one launch
+    await s.cycle()  # one bundle on that booting worker, one on a new one (no token yet)
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    rows = status["bundles"]["staged"]
+    assert sorted(r["placed"]["where"] for r in rows) == ["booting", "new"]
+    assert [r["waiting_on"] for r in rows] == [None, None]

@@ -7,12 +7,14 @@ import contextlib
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from codalab_scaler.entry.demo import DEMO_POOLS
 from codalab_scaler.simulator import CodaLabSimulator
 from tests.scaler_process import PASSWORD, Launcher, creds, launcher, scrape, sim
 
@@ -129,6 +131,7 @@ async def test_dry_run_launches_nothing(
 
 
 async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Launcher) -> None:
+    # Standard output is a pipe here: the demo logs JSON lines to it, no live view.
     demo = await launcher(
         "--http-port", "0", "demo", "--bundles", "6", "--bundles-per-minute", "600",
         "--max-run-seconds", "2",
@@ -141,13 +144,20 @@ async def test_demo_scales_up_drains_the_queue_and_scales_down(launcher: Launche
     ):
         assert resp.status == 200
     drained = await demo.event("demo.status", within=60, staged=0, running=0, done=6)
-    # workers exit when idle: the pool goes back to zero
-    await demo.event("scaler.decided", within=30, after=drained, active=0, pending=0)
-    launched = [line for line in demo.lines if line.get("event") == "scaler.launched"]
-    assert 2 <= len(launched) <= 4  # scaled up, never past the demo's max of 4
+    # workers exit when idle: both pools go back to zero
+    for pool in DEMO_POOLS:
+        await demo.event(
+            "scaler.decided", within=30, after=drained, pool=pool.name, active=0, pending=0
+        )
+    launches = [line for line in demo.lines if line.get("event") == "scaler.launched"]
+    launched = Counter(line["pool"] for line in launches)
+    assert set(launched) == {p.name for p in DEMO_POOLS}  # the workload reaches both shapes
+    for pool in DEMO_POOLS:
+        assert launched[pool.name] <= pool.max_workers  # scaled up, never past the pool's max
     demo.proc.send_signal(signal.SIGTERM)
     assert await demo.exit_code() == 0
     assert any(line.get("event") == "demo.stopped" for line in demo.lines)
+    assert not any("logs go to" in line for line in demo.raw)
 
 
 async def test_restart_keeps_count_of_running_workers(

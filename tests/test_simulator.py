@@ -361,3 +361,111 @@ async def test_recorded_requests_are_bounded(sim_factory: SimFactory) -> None:
             await wire.call("GET", "/rest/bundles", params=[("keywords", f"name=n{index}")])
     assert 2 <= len(sim.requests) <= 4
     assert sim.requests[-1].keywords == ["name=n6"]
+
+
+async def test_an_exited_worker_stays_listed_and_dispatches_to_it_fail(
+    sim_factory: SimFactory,
+) -> None:
+    """CodaLab 1.7.5: a worker that left without checking out is listed for 60 s and tried."""
+    clock = FakeClock()
+    sim = await sim_factory(clock=clock, worker_timeout=60.0)
+    async with aiohttp.ClientSession() as session:
+        wire = Wire(session, sim.url)
+        root = await wire.login("codalab")
+        await wire.checkin(root, "gone")
+        clock.advance(1)
+        await wire.checkin(root, "gone")  # checks in every second, then exits
+        clock.advance(10)
+        uuid = sim.add_bundle()
+        _, _, info = await wire.call("GET", "/rest/workers/info", root)
+        assert [w["worker_id"] for w in info["data"]] == ["gone"]
+        assert sim.failed_dispatches == 1  # that request's round tried the exited worker
+        # A live, larger worker: the manager prefers the smaller (exited) one and loses
+        # DISPATCH_LOSS on it each time, so the run waits for as long as that one is listed.
+        answer = None
+        for _ in range(60):
+            clock.advance(1.5)
+            answer = (await wire.checkin(root, "live", cpus=2))[2]
+            if answer is not None:
+                break
+    assert answer is not None
+    assert answer["bundle"]["uuid"] == uuid
+    assert list(sim.workers) == ["live"]
+    assert sim.runs_by_worker == {"gone": 0, "live": 1}
+    started, staged = sim.bundle(uuid).started_at, sim.bundle(uuid).staged_at
+    assert started == clock.now
+    assert 60 < started - (staged - 10) <= 61.5  # picked up once "gone" was forgotten
+    assert sim.failed_dispatches >= 25
+
+
+async def test_a_run_dispatched_to_a_worker_that_stops_checking_in_is_restaged(
+    sim_factory: SimFactory,
+) -> None:
+    clock = FakeClock()
+    sim = await sim_factory(clock=clock)
+    first, second = sim.add_bundle(memory="1g"), sim.add_bundle(memory="1g")
+    async with aiohttp.ClientSession() as session:
+        wire = Wire(session, sim.url)
+        root = await wire.login("codalab")
+        _, _, answer = await wire.checkin(root, "w1", cpus=2)
+        assert answer["bundle"]["uuid"] == first
+        assert sim.bundles_in_state("starting") == [second]  # handed over at the next check-in
+        clock.advance(4.5)  # silent for twice the gap assumed after one check-in: it exited
+        await wire.call("GET", "/rest/workers/info", root)
+    assert sim.bundles_in_state("staged") == [second]
+    assert sim.failed_dispatches == 1
+
+
+async def test_a_user_at_their_parallel_run_quota_stays_staged(sim_factory: SimFactory) -> None:
+    sim = await sim_factory(run_quotas={"alice": 1})
+    a1, a2 = sim.add_bundle("alice", memory="1g"), sim.add_bundle("alice", memory="1g")
+    bob = sim.add_bundle("bob", memory="1g")
+    async with aiohttp.ClientSession() as session:
+        wire = Wire(session, sim.url)
+        root = await wire.login("codalab")
+        answers = [(await wire.checkin(root, "w1", cpus=4))[2] for _ in range(3)]
+        assert [a["bundle"]["uuid"] if a else None for a in answers] == [a1, bob, None]
+        assert sim.bundles_in_state("staged") == [a2]
+        # Alice's own worker is not bound by the quota of the root user's workers.
+        _, _, answer = await wire.checkin(await wire.login("alice"), "wa")
+    assert answer["bundle"]["uuid"] == a2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "bundle", "chosen"),
+    [
+        ({"gpus": 1}, {}, {}, "w2"),  # a CPU bundle avoids a GPU worker
+        ({}, {"gpus": 1}, {"gpus": 1}, "w2"),  # unless it needs the GPU
+        ({"cpus": 4}, {"cpus": 2}, {}, "w2"),  # the smallest worker first
+        ({"cpus": 2}, {"cpus": 4}, {}, "w1"),
+    ],
+)
+async def test_the_bundle_manager_prefers_workers_as_codalab_does(
+    sim: CodaLabSimulator,
+    wire: Wire,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    bundle: dict[str, Any],
+    chosen: str,
+) -> None:
+    root = await wire.login("codalab")
+    await wire.checkin(root, "w1", **first)
+    await wire.checkin(root, "w2", **second)
+    uuid = sim.add_bundle(**bundle)
+    await wire.call("GET", "/rest/workers/info", root)  # any request runs a round
+    assert (sim.bundle(uuid).state, sim.bundle(uuid).worker_id) == ("starting", chosen)
+    _, _, answer = await wire.checkin(root, chosen, **(first if chosen == "w1" else second))
+    assert answer["bundle"]["uuid"] == uuid
+
+
+async def test_the_bundle_manager_prefers_the_worker_with_fewer_runs(
+    sim: CodaLabSimulator, wire: Wire
+) -> None:
+    root = await wire.login("codalab")
+    busy = sim.add_bundle(memory="1g")
+    await wire.checkin(root, "w1", cpus=2)  # takes it
+    await wire.checkin(root, "w2", cpus=2)
+    assert sim.bundle(busy).worker_id == "w1"
+    uuid = sim.add_bundle(memory="1g")
+    await wire.call("GET", "/rest/workers/info", root)
+    assert sim.bundle(uuid).worker_id == "w2"

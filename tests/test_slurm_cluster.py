@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from codalab_scaler.config.settings import Settings
+from codalab_scaler.core.errors import RefusedError, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.service.context import Context
 from codalab_scaler.service.observe import poll_jobs
@@ -293,6 +294,34 @@ async def test_dry_run_writes_the_script_and_submits_nothing(
     assert not any(name.startswith(f"root-{s.job_name}") for _, name in slurm.jobs().values())
     assert not exists(Path(would["password_file"]))
     assert PASSWORD not in repr(logs) + script_text
+
+
+async def test_cancel_scancels_a_held_job_and_its_end_is_no_failed_start(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    backend = Plan(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120")).backend
+    with slurm.partition_down():
+        cancelled = await backend.launch("w1")
+        kept = await backend.launch("w2")
+        assert states(list(await backend.list_jobs())) == [JobState.PENDING] * 2
+        await backend.cancel(cancelled)
+        await backend.cancel(cancelled)  # idempotent: already CANCELLED
+        await backend.cancel("999999")  # unknown to Slurm: gone already, fine
+        with pytest.raises(RefusedError, match="not a number"):
+            await backend.cancel("1 --user=root")  # never reaches scancel's argv
+        assert slurm.jobs()[cancelled][0] == "CANCELLED"
+        # The cancelled job ends (CANCELLED, not a failed start); the other one still waits.
+        assert await backend.list_jobs() == [WorkerJob(kept, JobState.PENDING, "w2")]
+        assert slurm.jobs()[kept][0] == "PENDING"
+
+
+async def test_cancel_with_the_controller_down_is_transient(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    backend = Plan(slurm, tmp_path, worker_executable(tmp_path, "exec sleep 120")).backend
+    slurm.stop_controller()
+    with pytest.raises(TransientError, match="scancel"):
+        await backend.cancel("1")
 
 
 # -- end to end: the executable, the CodaLab simulator and Slurm ----------------------

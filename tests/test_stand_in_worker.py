@@ -76,7 +76,9 @@ async def test_runs_the_staged_bundles_then_exits_when_idle(
     assert await exit_code(process) == 0
     assert sorted(sim.bundles_in_state("ready")) == sorted(uuids)
     assert (tmp_path / "work").is_dir()
-    assert sim.workers == {}  # the last check-in said is_terminating
+    # cl-worker 1.7.5 does not check out: CodaLab lists it until 60 s after its last check-in.
+    assert list(sim.workers) == ["w1"]
+    assert sim.runs_by_worker == {"w1": 2}
 
 
 async def test_exit_after_num_runs(sim: CodaLabSimulator, launch: Launch) -> None:
@@ -99,8 +101,7 @@ async def test_announces_its_flags_in_the_checkin(sim: CodaLabSimulator, launch:
     assert first["tag_exclusive"] is True
     assert (first["cpus"], first["gpus"], first["memory_bytes"]) == (4, 2, 1024)
     assert first["preemptible"] is True
-    assert first["is_terminating"] is False
-    assert json.loads(checkins[-1].body)["is_terminating"] is True
+    assert all(json.loads(c.body)["is_terminating"] is False for c in checkins)  # no check-out
     assert all(r.headers.get("x-requested-with") == "XMLHttpRequest" for r in sim.requests)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -77,6 +78,13 @@ async def test_healthy_service_answers_200_and_status(client_for: Any) -> None:
     assert pool["decision"]["reason"] in {"below_min", "staged_work", "pending_covers_staged"}
     assert pool["policy"]["min_workers"] == 1
     assert (pool["failed_starts"], pool["exit_after_num_failed"]) == (0, None)
+    rows = status["bundles"]["staged"]
+    assert [r["uuid"] for r in rows] == [b.uuid for b in bundles.staged]
+    for row in rows:  # first seen in this test, in UTC; placed on no serving worker
+        first_seen = datetime.fromisoformat(row["first_seen"])
+        assert first_seen.utcoffset() == timedelta(0)
+        assert timedelta(0) <= datetime.now(UTC) - first_seen < timedelta(seconds=30)
+        assert row["waiting_on"] is None
     resp = await client.get("/metrics")
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()

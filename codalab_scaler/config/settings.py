@@ -128,6 +128,14 @@ class PoolSettings(StrictModel):
         description="Cancel a stuck worker's backend job (and back the pool off). Off: "
         "stuck workers are reported and left for the operator, who may know why.",
     )
+    keep_exited_workers_listed: bool = Field(
+        default=False,
+        description="Leave a worker whose backend job has ended listed in CodaLab until the "
+        "server forgets it (60 s after its last check-in), as the original does. Off: the "
+        "scaler checks it out on its behalf (POST /rest/workers/<id>/checkout), because a "
+        "cl-worker that exits idle does not, and CodaLab's bundle manager keeps dispatching "
+        "runs to it, each failing, until then.",
+    )
     backoff_initial_seconds: PositiveFloat = Field(
         default=10,
         description="After a refused or failed launch, a failed start or a cancelled stuck "

@@ -89,12 +89,17 @@ class PlannerMemory:
 
     ``failed_starts_seen`` is the pool's ``failed_starts`` the planner last
     acted on, so a new failed start backs a ``fast`` pool off once.
+    ``live_workers`` are the worker ids of the pool's live jobs at the last
+    pass with a good job view, ``exited`` those whose job has ended since and
+    that CodaLab still lists (see ``supply.exited``).
     """
 
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
     backoff: Backoff = field(default_factory=Backoff)
     booting_since: Mapping[str, float] = field(default_factory=dict)
     failed_starts_seen: int = 0
+    live_workers: frozenset[str] = frozenset()
+    exited: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +202,10 @@ class PoolState:
     """Everything known about one pool at one moment.
 
     ``last_decision`` is the scaler's latest pass (None before the first);
-    ``failed_starts`` counts the jobs listed as failed since the process started.
+    ``failed_starts`` counts the jobs listed as failed since the process started;
+    ``cancelled`` holds the stuck jobs this process has cancelled and
+    ``cancel_failures`` how often cancelling each other stuck job has failed
+    (both forgotten once the job leaves the listing).
     """
 
     bundles: Observation[BundleView] = field(default_factory=Observation)
@@ -207,6 +215,10 @@ class PoolState:
     last_decision: Decision | None = None
     failed_starts: int = 0
     memory: PlannerMemory = field(default_factory=PlannerMemory)
+    cancelled: frozenset[str] = frozenset()
+    cancel_failures: Mapping[str, int] = field(default_factory=dict)
+    # Exited workers' registered ids this process checked out (forgotten once unlisted).
+    checked_out: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

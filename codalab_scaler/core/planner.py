@@ -43,6 +43,8 @@ from codalab_scaler.core.supply import (
     WorkerState,
     booting_since,
     classify,
+    exited,
+    live_worker_ids,
     registrations,
 )
 
@@ -103,6 +105,8 @@ class PoolPlan:
     tokens: int = 0
     backoff_remaining: float = 0.0
     registered: tuple[str, ...] = ()
+    # Registered ids (as CodaLab lists them) of this pool's workers whose job has ended.
+    exited: tuple[str, ...] = ()
     memory: Memory = field(default_factory=Memory)
 
     def by_state(self, state: WorkerState) -> tuple[PoolWorker, ...]:
@@ -135,7 +139,12 @@ def _supply(
         w.job_id for w in workers if w.state is WorkerState.SERVING and w.job_id in before
     )
     backoff = memory.backoff.reset() if registered else memory.backoff
-    return workers, replace(memory, booting_since=since, backoff=backoff), registered
+    memory = replace(memory, booting_since=since, backoff=backoff)
+    if known and stale_view("jobs", state.jobs, spec.limits, now) is None:
+        live = live_worker_ids(jobs, state.in_flight)
+        gone = exited(memory.live_workers, memory.exited, live, jobs, index)
+        memory = replace(memory, live_workers=live, exited=gone)
+    return workers, memory, registered
 
 
 def _full(spec: PoolSpec, workers: Sequence[PoolWorker], *, known: bool) -> bool:
@@ -177,7 +186,10 @@ def plan(
         counted = routing.counted(p.spec.name)
         one = _compat if p.spec.kind is PolicyKind.COMPAT else _fast
         plans[p.spec.name] = one(p, counted, pool_workers, memory, workers, now)
-        plans[p.spec.name] = replace(plans[p.spec.name], registered=registered)
+        listed = sorted(index[w].worker_id for w in memory.exited if w in index)
+        plans[p.spec.name] = replace(
+            plans[p.spec.name], registered=registered, exited=tuple(listed)
+        )
     return Plan(routing=routing, pools=plans, at=now)
 
 

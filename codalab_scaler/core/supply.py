@@ -11,6 +11,11 @@ does not check out, and the server lists it for 60 s more).
 - **serving**: registered; its free cpus, gpus and memory come from the check-in;
 - **stuck**: booting for longer than the pool's provision timeout.  It is no
   capacity, but it still occupies a slot towards ``max_workers``.
+
+A worker whose job has ended but that CodaLab still lists is **exited**: no
+capacity, and worse, CodaLab's bundle manager keeps dispatching runs to it
+(each failing) until 60 s after its last check-in.  ``exited`` names them so
+the service can check them out on their behalf.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "WorkerState",
     "booting_since",
     "classify",
+    "exited",
+    "live_worker_ids",
     "registrations",
 ]
 
@@ -171,3 +178,30 @@ def _one(
     if now - first > provision_timeout:
         return PoolWorker(job_id, worker_id, WorkerState.STUCK, Capacity(0, 0, 0), since=first)
     return PoolWorker(job_id, worker_id, WorkerState.BOOTING, Capacity.of(shape), since=first)
+
+
+def live_worker_ids(
+    jobs: Iterable[WorkerJob], in_flight: Iterable[InFlightLaunch]
+) -> frozenset[str]:
+    """The worker ids of a pool's live jobs: listed and not failed, or accepted and not listed."""
+    live = {job.worker_id for job in jobs if job.state is not JobState.FAILED and job.worker_id}
+    live.update(f.worker_id for f in in_flight if f.worker_id)
+    return frozenset(live)
+
+
+def exited(
+    previous_live: frozenset[str],
+    previous_exited: frozenset[str],
+    live: frozenset[str],
+    jobs: Iterable[WorkerJob],
+    registered: Mapping[str, RegisteredWorker],
+) -> frozenset[str]:
+    """The pool's workers whose job has ended and that CodaLab still lists (worker ids).
+
+    A worker is this pool's when one of its jobs carried the id: it was live at
+    the previous pass (or already exited), or it is listed as failed now.  Call
+    only with a good job view: a job missing from a failed listing has not ended.
+    """
+    failed = {job.worker_id for job in jobs if job.state is JobState.FAILED and job.worker_id}
+    ended = (previous_live - live) | previous_exited | failed
+    return frozenset(w for w in ended if w not in live and w in registered)

@@ -1,4 +1,4 @@
-"""The ``codalab-scaler`` command: the original's flags, a backend subcommand, or ``demo``.
+"""The ``codalab-scaler`` command: the original's flags and a backend, ``demo`` or ``simulate``.
 
 A thin entry point: parse flags, validate settings (exit 2 naming each bad
 field), configure logging, hand over to the service.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from argparse import Namespace
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -17,6 +18,7 @@ from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError
 from codalab_scaler.entry.flags import (
     build_parser,
+    flag_name,
     print_config_errors,
     settings_from_args,
     settings_values,
@@ -46,12 +48,32 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from codalab_scaler.entry.demo import run_demo
 
         return run_demo(args, environ)
+    if args.backend == "simulate":
+        from codalab_scaler.entry.simulate import run_simulate
+
+        return run_simulate(args)
+    if args.backend == "top":
+        return _top(args)
     try:
         settings = settings_from_args(args, environ)
     except ConfigError as exc:
         return print_config_errors(exc)
     configure_logging(verbose=settings.verbose, fmt=settings.log_format)
     return asyncio.run(run(settings))
+
+
+def _top(args: Namespace) -> int:
+    """``top`` reads a running scaler: settings flags would silently do nothing, so refuse them."""
+    service, pool, _backend = split_flags(args)
+    given = sorted({*service, *pool})
+    if given or args.config is not None:
+        names = ", ".join(flag_name(k) for k in given) or "--config"
+        return print_config_errors(
+            ConfigError([f"{names}: top reads a running scaler's /status and takes no settings"])
+        )
+    from codalab_scaler.entry.top import run_top
+
+    return run_top(args.url, args.interval)
 
 
 async def run(settings: Settings) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from codalab_scaler.sources.backends.registry import BACKEND_KINDS, backend_kind
 __all__ = [
     "CLI_POOL",
     "build_parser",
+    "flag_name",
     "print_config_errors",
     "settings_from_args",
     "settings_values",
@@ -52,10 +54,41 @@ AFTER_ANY_BACKEND = ("exit_after_num_failed",)
 # What the original's help said where the description is not the whole story.
 HELP_DEFAULTS = {"staleness_seconds": "3 x --sleep-time"}
 # Flags of the demo subcommand only: the synthetic workload, not settings.
-DEMO_ONLY = frozenset({"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed"})
+DEMO_ONLY = frozenset(
+    {"duration", "bundles", "bundles_per_minute", "max_run_seconds", "seed", "no_tui"}
+)
+# Arguments of the top subcommand only: it reads a running scaler, it has no settings.
+TOP_ONLY = frozenset({"url", "interval"})
+# Flags of the simulate subcommand only: the workload, the variants and the output.
+SIMULATE_ONLY = frozenset({"workload", "trace_format", "days", "seed", "sim_configs", "policies",
+                           "sweep", "out", "no_plots"})  # fmt: skip
+
+SIMULATE_EPILOG = """\
+a configuration file may add a [simulate] table (the service ignores it):
+  quota            per-user parallel runs, as CodaLab's quota (unset: none)
+  drain_seconds    replay this long after the last submission (21600)
+  sample_seconds   timeline resolution (60)
+  [simulate.pools.NAME]
+  boot_seconds     median delay from provisioning to registration (90)
+  boot_sigma       its lognormal spread; 0: exact (0.3)
+  capacity         jobs the backend runs at once; more wait queued (unset: no limit)
+  refuse_rate      share of launches refused (0)
+  fail_rate        share of starts that fail, never registering (0)
+  stuck_rate       share of workers that never register (0)
+  stuck_seconds    when a stuck job finally ends (3600)
+
+reported per configuration: queue wait from staged to started (mean, p50, p95,
+max; unstarted bundles count up to the end), worker-hours from provisioning to
+exit, idle worker-hours (registered, running nothing), launches, workers that
+never ran a bundle, unroutable bundles (no pool for the tag, or too large).
+
+--out DIR writes summary.json, timeline.csv, timeline-POOL.png, wait_cdf.png,
+wait_vs_cost.png; exit status 2 on a bad setting, file or trace line.
+"""
 
 GLOBAL_KEYS = frozenset(Settings.model_fields)
-SUBCOMMANDS = frozenset({*kind_names(), "demo"})
+TOOLS = ("demo", "top", "simulate")  # subcommands that are not a backend
+SUBCOMMANDS = frozenset({*kind_names(), *TOOLS})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +175,46 @@ def build_parser() -> argparse.ArgumentParser:
         for name in (*kind.also_accepts, *AFTER_ANY_BACKEND):
             _add_fields(backend, _field_model(name), [name])
     _demo_flags(sub.add_parser("demo", help="Run against an embedded CodaLab simulator"))
+    _simulate_flags(sub.add_parser(
+        "simulate",
+        help="Replay a workload through the planner on a virtual clock and compare settings",
+        description=textwrap.fill(
+            "Replay a workload through the real planner on a virtual clock, with models of "
+            "CodaLab's bundle manager, of workers and of backends, and compare configurations "
+            "(files, policies, a sweep of one setting). Global pool and service flags before "
+            "simulate apply to every configuration. See docs/simulate.md.",
+            width=79,
+        ),
+        epilog=SIMULATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))  # fmt: skip
+    _top_flags(sub.add_parser("top", help="Live terminal view of a running scaler's /status"))
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _top_flags(top: argparse.ArgumentParser) -> None:
+    top.add_argument(
+        "url",
+        nargs="?",
+        default="http://127.0.0.1:9740",
+        help="The scaler's HTTP address, or its /status URL (default: http://127.0.0.1:9740)",
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=1.0,
+        help="Seconds between refreshes; each request times out before the next (default: 1)",
+    )
 
 
 def _demo_flags(demo: argparse.ArgumentParser) -> None:
@@ -167,6 +239,74 @@ def _demo_flags(demo: argparse.ArgumentParser) -> None:
         help="Each bundle runs 1 s to this long (default: 10)",
     )
     add("--seed", type=int, default=1, help="Random seed of the stream")  # fmt: skip
+    add(
+        "--no-tui",
+        action="store_true",
+        help="Log to standard output instead of showing the live view "
+        "(also when standard output is not a terminal)",
+    )
+
+
+def _simulate_flags(simulate: argparse.ArgumentParser) -> None:
+    add = simulate.add_argument
+    add(
+        "--workload",
+        default="synthetic",
+        metavar="synthetic|FILE",
+        help="synthetic (seeded: a daily cycle times a bursty two-state arrival process, "
+        "sweeps, lognormal run times, CPU and GPU shapes), or a trace file: CSV "
+        "(submit_seconds,cpus,gpus,memory,run_seconds,tag,owner) or SWF (Parallel Workloads "
+        "Archive), told apart by the suffix .csv or .swf (default: synthetic)",
+    )
+    add(
+        "--format",
+        dest="trace_format",
+        choices=["csv", "swf"],
+        default=None,
+        help="Format of the trace file when its suffix does not say",
+    )
+    add("--days", type=float, default=7.0, help="Days of synthetic workload (default: 7)")
+    add(
+        "--seed",
+        type=int,
+        default=1,
+        help="Seed of the synthetic workload and of the models' random draws (default: 1)",
+    )
+    add(
+        "--config",
+        dest="sim_configs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="A configuration to compare: a TOML file as the service reads it, with an "
+        "optional [simulate] table of model assumptions; repeat to compare several "
+        "(default: two pools, cpu and gpu, see docs/simulate.md)",
+    )
+    add(
+        "--policy",
+        dest="policies",
+        default=None,
+        metavar="P[,P...]",
+        help="Replay each configuration under each of these policies, e.g. compat,fast "
+        "(default: the policies the configuration sets)",
+    )
+    add(
+        "--sweep",
+        default=None,
+        metavar="SETTING=V1,V2,...",
+        help="Replay each configuration with each value of one setting: a pool setting "
+        "(every pool), pools.NAME.SETTING, a service setting, or a [simulate] one",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Also write summary.json, timeline.csv and PNG plots into DIR (plots need the "
+        "simulate extra: matplotlib)",
+    )
+    add("--no-plots", action="store_true", help="With --out, write no plots")  # fmt: skip
 
 
 def split_search(argv: list[str]) -> list[str]:
@@ -198,7 +338,8 @@ def split_flags(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The flags actually given, sorted into (service, pool, backend) settings."""
-    given = {k: v for k, v in vars(args).items() if k not in {"config", "backend", *DEMO_ONLY}}
+    skip = {"config", "backend", *DEMO_ONLY, *SIMULATE_ONLY, *TOP_ONLY}
+    given = {k: v for k, v in vars(args).items() if k not in skip}
     backend_keys: set[str] = set()
     if args.backend in kind_names():
         backend_keys = set(backend_kind(args.backend).settings.model_fields) - GLOBAL_KEYS

@@ -54,9 +54,16 @@ class ParsedWorkers(Protocol):
 
 
 class WorkerSource(Protocol):
-    """Where CodaLab's registered workers come from (``GET /rest/workers/info``)."""
+    """Where CodaLab's registered workers come from (``GET /rest/workers/info``).
+
+    ``checkout_worker`` makes CodaLab forget a worker whose job has ended
+    (``POST /rest/workers/<id>/checkout``); it raises ``TransientError`` or
+    ``RefusedError``.
+    """
 
     async def fetch_workers(self) -> ParsedWorkers: ...
+
+    async def checkout_worker(self, worker_id: str) -> None: ...
 
 
 class Fatal:
@@ -102,6 +109,8 @@ class PoolRuntime:
     spec: PoolSpec
     exit_after_num_failed: int | None = None
     cancel_stuck_workers: bool = False
+    # Check out, on their behalf, registered workers whose backend job has ended.
+    checkout_exited_workers: bool = True
     # Counts a retried backend call (codalab_scaler_retries_total{peer="backend"}).
     on_retry: Callable[[str, BaseException], None] = lambda _source, _exc: None
 

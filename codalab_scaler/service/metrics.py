@@ -104,6 +104,13 @@ class Metrics:
             ["pool", "outcome"],
             registry=registry,
         )
+        self.checked_out_workers = Counter(
+            f"{PREFIX}_checked_out_workers",
+            "Workers whose backend job had ended checked out of CodaLab on their behalf, by "
+            "outcome (checked_out, failed).",
+            ["pool", "outcome"],
+            registry=registry,
+        )
         self.backoffs = Counter(
             f"{PREFIX}_backoffs",
             "Times a pool entered (or extended) its backoff after a failure.",
@@ -170,6 +177,8 @@ class Metrics:
         self.bundle_staged_seconds.labels(pool=pool)
         for outcome in ("cancelled", "failed"):
             self.cancelled_workers.labels(pool=pool, outcome=outcome)
+        for outcome in ("checked_out", "failed"):
+            self.checked_out_workers.labels(pool=pool, outcome=outcome)
 
     def retry_hook(self, peer: str, pool: str = "") -> Callable[[str, BaseException], None]:
         counter = self.retries.labels(peer=peer, pool=pool)

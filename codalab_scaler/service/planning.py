@@ -10,10 +10,11 @@
   launches (compat: in order, as the original; fast: concurrently), the
   planner's memory stored back (tokens spent, backoff on a refused or failed
   launch or a failed start, stuck workers reported once and cancelled when
-  asked).  A ``compat`` pool backs off after a refused or failed launch only
-  in a service of several pools, where its bundles can fall through; alone,
-  it keeps the original's cooldown exactly, and it never backs off for a
-  failed start (the original's rules count those).
+  asked; a dry run only logs what it would cancel).  A ``compat`` pool backs
+  off after a refused or failed launch only in a service of several pools,
+  where its bundles can fall through; alone, it keeps the original's cooldown
+  exactly, and it never backs off for a failed start (the original's rules
+  count those).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
 
 import structlog
 
 from codalab_scaler.core.decision import Decision
-from codalab_scaler.core.errors import LaunchRefused, RefusedError, TransientError
+from codalab_scaler.core.errors import RefusedError, TransientError
 from codalab_scaler.core.model import PlannerMemory, PoolState
 from codalab_scaler.core.planner import (
     Plan,
@@ -44,7 +44,13 @@ from codalab_scaler.core.planner import (
 from codalab_scaler.core.routing import Stranded
 from codalab_scaler.core.supply import PoolWorker, WorkerState
 from codalab_scaler.service import waits
-from codalab_scaler.service.context import BundleSource, Context, ParsedStaged, PoolRuntime
+from codalab_scaler.service.context import (
+    BundleSource,
+    Context,
+    ParsedStaged,
+    PoolRuntime,
+    WorkerSource,
+)
 from codalab_scaler.service.launch import Outcome, launch_in_order, launch_together
 from codalab_scaler.service.observe import poll_bundles
 
@@ -103,13 +109,6 @@ async def poll_workers(ctx: Context) -> bool:
     workers = tuple(parsed.workers)
     ctx.state.update_workers(lambda o: o.succeeded(workers, now))
     return True
-
-
-@runtime_checkable
-class Cancellable(Protocol):
-    """A backend that can cancel one of its jobs (not every backend can yet)."""
-
-    async def cancel(self, job_id: str) -> None: ...
 
 
 async def plan_pass(ctx: Context) -> dict[str, tuple[Decision, int]]:
@@ -308,8 +307,10 @@ async def _act(
     if backs_off and any(o in (Outcome.REFUSED, Outcome.FAILED) for o in outcomes):
         why = "launch_refused" if Outcome.REFUSED in outcomes else "launch_failed"
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, why))
-    if stuck and rt.cancel_stuck_workers and ctx.may_act() and not ctx.dry_run:
-        await _cancel_stuck(ctx, rt, stuck, now)
+    if rt.cancel_stuck_workers and ctx.may_act():
+        await _cancel_stuck(ctx, rt, p, stuck, now)
+    if rt.checkout_exited_workers and ctx.workers is not None and ctx.may_act():
+        await _check_out_exited(ctx, ctx.workers, rt, p)
     launched = sum(1 for o in outcomes if o is Outcome.LAUNCHED)
     latest = ctx.state.plan
     if launched and latest is not None:
@@ -320,26 +321,79 @@ async def _act(
 
 
 async def _cancel_stuck(
-    ctx: Context, rt: PoolRuntime, stuck: Sequence[PoolWorker], now: float
+    ctx: Context, rt: PoolRuntime, p: PoolPlan, new_stuck: Sequence[PoolWorker], now: float
 ) -> None:
-    backend = rt.backend
-    if not isinstance(backend, Cancellable):
-        log.warning("worker.cancel_unsupported", pool=rt.name, jobs=[w.job_id for w in stuck])
+    """Cancel every stuck worker not cancelled yet; a failed cancel is tried again next pass.
+
+    The first failure for a job is a warning, later ones are info (a missing
+    permission would otherwise warn on every pass); each attempt is counted.
+    """
+    if ctx.dry_run:
+        if new_stuck:
+            log.info("scaler.dry_run_cancel", pool=rt.name, job_ids=[w.job_id for w in new_stuck])
         return
+    state = ctx.state.snapshot.pools[rt.name]
+    listed = {w.job_id for w in p.workers}
+    done = {j for j in state.cancelled if j in listed}
+    failures = {j: n for j, n in state.cancel_failures.items() if j in listed}
     cancelled = False
-    for worker in stuck:
+    for worker in p.by_state(WorkerState.STUCK):
+        if worker.job_id in done:
+            continue
         try:
-            await backend.cancel(worker.job_id)
-        except (LaunchRefused, RefusedError, TransientError) as exc:
+            await rt.backend.cancel(worker.job_id)
+        except (RefusedError, TransientError) as exc:
             ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
-            log.warning("worker.cancel_failed", pool=rt.name, job_id=worker.job_id, error=str(exc))
+            failures[worker.job_id] = attempts = failures.get(worker.job_id, 0) + 1
+            emit = log.warning if attempts == 1 else log.info
+            emit("worker.cancel_failed", pool=rt.name, job_id=worker.job_id,
+                 attempts=attempts, error=str(exc))  # fmt: skip
             continue
         ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="cancelled").inc()
         log.info("worker.cancelled", pool=rt.name, job_id=worker.job_id, reason="stuck")
         ctx.state.update(rt.name, functools.partial(_forget_flight, job_id=worker.job_id))
+        done.add(worker.job_id)
+        failures.pop(worker.job_id, None)
         cancelled = True
+    ctx.state.update(
+        rt.name, lambda s: replace(s, cancelled=frozenset(done), cancel_failures=failures)
+    )
     if cancelled:
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, "stuck_cancelled"))
+
+
+async def _check_out_exited(
+    ctx: Context, source: WorkerSource, rt: PoolRuntime, p: PoolPlan
+) -> None:
+    """Check out each worker whose job has ended and that CodaLab still lists, once.
+
+    A ``cl-worker`` that exits idle does not check out, and CodaLab's bundle
+    manager keeps dispatching runs to it (each lost) for 60 s; a failure is
+    tried again next pass while the worker stays listed.
+    """
+    state = ctx.state.snapshot.pools[rt.name]
+    done = {w for w in state.checked_out if w in p.exited}
+    todo = [w for w in p.exited if w not in done]
+    if not todo:
+        if done != state.checked_out:
+            ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
+        return
+    if ctx.dry_run:
+        log.info("scaler.dry_run_checkout", pool=rt.name, worker_ids=todo)
+        done.update(todo)  # said once
+    else:
+        for worker_id in todo:
+            try:
+                await source.checkout_worker(worker_id)
+            except (RefusedError, TransientError) as exc:
+                ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="failed").inc()
+                log.warning("worker.checkout_failed", pool=rt.name, worker_id=worker_id,
+                            error=str(exc))  # fmt: skip
+                continue
+            ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="checked_out").inc()
+            log.info("worker.checked_out", pool=rt.name, worker_id=worker_id, reason="job_ended")
+            done.add(worker_id)
+    ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
 
 
 def _booting_from_launch(memory: PlannerMemory, ctx: Context, name: str) -> PlannerMemory:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from codalab_scaler.core.decision import Decision
 from codalab_scaler.core.model import Observation, PoolState
+from codalab_scaler.core.placement import Where
 from codalab_scaler.core.planner import Plan, PolicyKind, PoolPlan
 from codalab_scaler.core.supply import WorkerState
 from codalab_scaler.service.context import Context
@@ -78,9 +81,38 @@ def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any]
     }
 
 
-def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> dict[str, Any]:
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _waiting_on(plan: Plan, wanted: set[str]) -> dict[str, str]:
+    """Bundles of ``wanted`` placed on a serving worker's free capacity: a label naming that worker.
+
+    Such a bundle is not demand (the pool launches nothing for it); if it
+    stays staged, CodaLab is holding it back (a user at their parallel-run
+    quota, for instance), and this says which worker it waits on.
+    """
+    names = {
+        w.job_id: w.job_id if w.registered_as in (None, w.job_id) else
+        f"{w.job_id} / {w.registered_as}"
+        for p in plan.pools.values()
+        for w in p.workers
+    }  # fmt: skip
+    return {
+        x.uuid: f"worker {names.get(x.worker, x.worker)}"
+        for p in plan.pools.values()
+        for x in p.placements
+        if x.where is Where.SERVING and x.uuid in wanted
+    }
+
+
+def _bundles(
+    plan: Plan | None, first_seen: Mapping[str, float], now: float, wall: float
+) -> dict[str, Any]:
     """Each staged bundle: its pool and where it is placed, or why no pool takes it.
 
+    ``now`` is the service clock (``first_seen`` is on it); ``wall`` is the
+    epoch time at ``now``, to give ``first_seen`` as an ISO-8601 UTC time.
     Only the first ``LIST_LIMIT`` by uuid are described (a pass may hold 10,000).
     """
     if plan is None:
@@ -96,12 +128,15 @@ def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> 
         for x in p.placements
         if x.uuid in wanted
     }
+    waiting_on = _waiting_on(plan, wanted)
     rows = []
     for uuid in shown:
         stranded = stranded_of.get(uuid)
-        row: dict[str, Any] = {"uuid": uuid, "pool": None, "placed": None, "unroutable": None}
+        row: dict[str, Any] = {"uuid": uuid, "pool": None, "placed": None, "waiting_on": None,
+                               "unroutable": None}  # fmt: skip
         if stranded is None:
             row["pool"], row["placed"] = pool_of[uuid], placed.get(uuid)
+            row["waiting_on"] = waiting_on.get(uuid)
         else:
             row["unroutable"] = {
                 "reason": stranded.reason.value,
@@ -111,6 +146,7 @@ def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> 
                 "held_by": stranded.held_by,
             }
         since = first_seen.get(uuid)
+        row["first_seen"] = None if since is None else _iso(wall - (now - since))
         row["waiting_seconds"] = None if since is None else round(now - since, 3)
         rows.append(row)
     return {
@@ -121,7 +157,7 @@ def _bundles(plan: Plan | None, first_seen: Mapping[str, float], now: float) -> 
 
 
 def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
-    now = ctx.clock()
+    now, wall = ctx.clock(), time.time()
     snap = ctx.state.snapshot
     latest = ctx.state.plan
     pools: dict[str, Any] = {}
@@ -187,5 +223,5 @@ def build_status(ctx: Context, health: HealthReport) -> dict[str, Any]:
         "snapshot_age_seconds": round(now - snap.taken_at, 3),
         "pools": pools,
         "workers_info": _obs(snap.workers, now),
-        "bundles": _bundles(latest, ctx.state.waits.first_seen, now),
+        "bundles": _bundles(latest, ctx.state.waits.first_seen, now, wall),
     }

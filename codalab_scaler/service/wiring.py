@@ -180,6 +180,7 @@ async def open_context(stack: AsyncExitStack, parts: Parts, *, login: bool) -> C
             prefilter=not pool.no_prefilter,
             spec=settings.pool_spec(name),
             cancel_stuck_workers=pool.cancel_stuck_workers,
+            checkout_exited_workers=not pool.keep_exited_workers_listed,
             exit_after_num_failed=pool.exit_after_num_failed,
             on_retry=parts.metrics.retry_hook("backend", name),
         )

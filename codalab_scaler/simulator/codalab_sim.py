@@ -3,8 +3,11 @@
 It follows ``codalab-rest-contract.md``: the OAuth2 password and refresh
 grants, ``GET /rest/bundles`` with its keyword language, JSON:API documents,
 the default limit of 10 and the anonymous view served for an unknown token;
-``GET /rest/workers/info`` and worker check-ins with the bundle manager's
-assignment rules.  Errors are plain text with ``Content-Type: text/html``.
+``GET /rest/workers/info`` served from the workers' real check-ins (a worker
+stays listed until ``worker_timeout``, 60 s, after its last one, exited or
+not) and a bundle manager that dispatches to listed workers, exited ones
+included, with per-user parallel-run quotas (``run_quotas``; see
+``workers.py``).  Errors are plain text with ``Content-Type: text/html``.
 
 Simulator conventions (not in the real server):
 
@@ -17,6 +20,11 @@ Simulator conventions (not in the real server):
 * ``add_raw_bundle`` resources appear in every search result except the
   anonymous ``.mine`` view, unfiltered by keywords (or only in searches
   with the free-text word ``only_in``);
+* a dispatched run is handed over in the worker's next check-in answer (the
+  real server pushes it into the check-in the worker holds open);
+* ``SimBundle.staged_at`` and ``started_at`` record when a run was staged
+  and picked up, ``runs_by_worker`` how many runs each worker picked up and
+  ``failed_dispatches`` the runs dispatched to workers that did not;
 * ``SimWorker.checkin_time`` is a reading of the injected clock (it drives
   ``worker_timeout``); ``/rest/workers/info`` reports wall-clock epoch
   seconds as the real server does.
@@ -81,6 +89,8 @@ class CodaLabSimulator:
         *,
         protected_mode: bool = False,
         record_limit: int = 10_000,
+        run_quotas: Mapping[str, int] | None = None,
+        seed: int = 0,
     ) -> None:
         self.passwords: dict[str, str] = dict(
             users if users is not None else {ROOT_USER: ROOT_USER}
@@ -94,7 +104,8 @@ class CodaLabSimulator:
         for name in self.passwords:
             self._user_id(name)
         self._bundles: dict[str, SimBundle] = {}
-        self._registry = WorkerRegistry(self._bundles, clock)
+        self._clock = clock
+        self._registry = WorkerRegistry(self._bundles, clock, run_quotas=run_quotas, seed=seed)
         self._raw: list[tuple[str | None, dict[str, object]]] = []
         self._tokens = TokenStore(clock)
         self._faults = Faults()
@@ -111,6 +122,7 @@ class CodaLabSimulator:
         app.router.add_get("/rest/bundles", self._search)
         app.router.add_get("/rest/workers/info", self._workers_info)
         app.router.add_post("/rest/workers/{worker_id}/checkin", self._checkin)
+        app.router.add_post("/rest/workers/{worker_id}/checkout", self._checkout)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
@@ -134,6 +146,21 @@ class CodaLabSimulator:
     def workers(self) -> dict[str, SimWorker]:
         """The checked-in workers by id."""
         return self._registry.workers
+
+    @property
+    def runs_by_worker(self) -> dict[str, int]:
+        """Every worker that ever registered (the latest ``WORKER_RECORDS``): runs it picked up."""
+        return self._registry.runs_by_worker
+
+    @property
+    def failed_dispatches(self) -> int:
+        """Runs the bundle manager dispatched to a worker that did not pick them up."""
+        return self._registry.failed_dispatches
+
+    @property
+    def checkouts(self) -> list[str]:
+        """Worker ids checked out through ``POST /rest/workers/<id>/checkout``, in order."""
+        return self._registry.checkouts
 
     @property
     def url(self) -> str:
@@ -174,7 +201,9 @@ class CodaLabSimulator:
         }
         fields.update(metadata or {})
         command = f"sleep {max(duration, 0.0):g}"
-        bundle = SimBundle(uuid, owner, "staged", command, fields, public=public)
+        bundle = SimBundle(
+            uuid, owner, "staged", command, fields, public=public, staged_at=self._clock()
+        )
         bundle.memory_bytes  # noqa: B018 - raises ValueError now rather than inside a check-in
         self._bundles[uuid] = bundle
         return uuid
@@ -242,6 +271,7 @@ class CodaLabSimulator:
             # Bounded for long demo runs: drop the oldest half at once (amortised O(1)).
             del self.requests[: len(self.requests) - self.record_limit // 2]
         self.expire_silent_workers()
+        self._registry.dispatch()
         injected = await self._faults.apply(request.path, body)
         if injected is not None:
             return injected
@@ -300,6 +330,11 @@ class CodaLabSimulator:
     async def _workers_info(self, request: web.Request) -> web.Response:
         caller = self._require_caller(request)
         return web.json_response({"data": self._registry.info(caller)})
+
+    async def _checkout(self, request: web.Request) -> web.Response:
+        caller = self._require_caller(request)
+        self._registry.checkout(request.match_info["worker_id"], caller)
+        return web.Response(status=200)
 
     async def _checkin(self, request: web.Request) -> web.Response:
         caller = self._require_caller(request)

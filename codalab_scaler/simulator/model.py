@@ -24,6 +24,11 @@ class SimBundle:
     metadata: dict[str, object]
     public: bool = False
     worker_id: str | None = None
+    # Readings of the server's clock: when the bundle was staged, when a worker
+    # picked it up (None until then), and when its current dispatch began.
+    staged_at: float = 0.0
+    started_at: float | None = None
+    dispatched_at: float = 0.0
 
     @property
     def cpus(self) -> int:
@@ -59,6 +64,10 @@ class SimWorker:
     preemptible: bool = False
     run_uuids: list[str] = field(default_factory=list)
     checkin_epoch: float = 0.0
+    # Runs the bundle manager dispatched that the worker has not picked up yet.
+    starting: list[str] = field(default_factory=list)
+    # The longest recent gap between two of its check-ins (None after the first).
+    period: float | None = None
 
 
 def int_or_zero(value: object) -> int:

@@ -11,10 +11,12 @@ an optional unit ``s``, ``m``, ``h`` or ``d`` (``"3s"``, ``"0.5s"``, ``"2m"``;
 a bare number is seconds; empty or unreadable means 1 s; capped at an hour).
 The simulator writes the wanted run time there as ``"<seconds>s"``.
 
-Exit status: 0 when idle for ``--idle-seconds`` (with ``--exit-when-idle``),
-after ``--exit-after-num-runs`` runs, or on SIGTERM/SIGINT (after a last
-check-in with ``is_terminating: true``); 1 when the login is refused or
-check-ins keep failing; 2 for missing credentials.
+Exit status: 0 when idle for ``--idle-seconds`` (with ``--exit-when-idle``)
+or after ``--exit-after-num-runs`` runs, without checking out, as
+``cl-worker`` 1.7.5 (the server lists it until 60 s after its last
+check-in), or on SIGTERM/SIGINT (after a last check-in with
+``is_terminating: true``); 1 when the login is refused or check-ins keep
+failing; 2 for missing credentials.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class _Worker:
             if isinstance(assignment, dict) and assignment.get("type") == "run":
                 self._start(assignment)
             if not self._tasks and self._should_exit():
-                break
+                return 0  # no check-out: cl-worker 1.7.5 just leaves
             await self._pause()
         await self._last_checkin(session)
         return 0

@@ -1,7 +1,7 @@
-"""The contract every backend keeps: list this scaler's jobs, launch one worker.
+"""The contract every backend keeps: list this scaler's jobs, launch one worker, cancel one.
 
-A pool only lists, launches and describes a launch; opening and closing a
-backend belong to its opener (see ``registry.BackendKind.opener``).
+A pool only lists, launches, cancels and describes a launch; opening and
+closing a backend belong to its opener (see ``registry.BackendKind.opener``).
 
 Consistency: ``list_jobs`` may lag behind ``launch`` (a job accepted a moment
 ago may not be listed yet).  The scaler covers that gap by counting each
@@ -19,13 +19,19 @@ Idempotency: ``launch`` is called once per worker id and never retried by
 the scaler after the backend accepted it; a backend that retries internally
 must make sure one worker id starts at most one job.
 
+Cancel: ``cancel(job_id)`` ends one job ``list_jobs`` listed (a stuck worker,
+with ``cancel_stuck_workers``).  It is idempotent: a job already ended, gone
+or unknown to the backend is a success, so a second call, or a call racing the
+job's own end, never fails.  The job may stay listed (pending or active) until
+the backend has ended it; when it ends, it is not reported as a failed start.
+
 Dry run: ``describe_launch`` says what ``launch`` would submit (and may write
 local files such as a batch script) without touching the backend.
 
 Errors: raise ``TransientError`` for "try again" (connection, timeout, 5xx,
-throttling, controller down) and ``LaunchRefused`` for "no" (bad queue,
-invalid definition, unusable command).  Anything else is a bug and ends the
-process so that its supervisor restarts it.
+throttling, controller down) and ``RefusedError`` for "no" (``LaunchRefused``
+from ``launch``: bad queue, invalid definition, unusable command).  Anything
+else is a bug and ends the process so that its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -80,6 +86,15 @@ class Backend(Protocol):
 
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
         """What ``launch`` would submit, for a dry run; never contains a credential."""
+        ...
+
+    async def cancel(self, job_id: str) -> None:
+        """End the job ``job_id`` (as ``launch`` returned it and ``list_jobs`` lists it).
+
+        Idempotent: a job already ended, gone or unknown is a success.  Raises
+        ``TransientError`` (try again later) or ``RefusedError`` (the backend
+        said no: no permission, a malformed id).
+        """
         ...
 
 

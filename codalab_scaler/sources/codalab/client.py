@@ -288,6 +288,28 @@ class CodaLabClient:
             return parsed
         raise TransientError("CodaLab rejected a freshly issued token (401 on /rest/workers/info)")
 
+    # --- checking out an exited worker ----------------------------------------------------
+
+    async def checkout_worker(self, worker_id: str) -> None:
+        """Make CodaLab forget a worker whose job has ended: ``POST /rest/workers/<id>/checkout``.
+
+        As if it had checked out itself (a ``cl-worker`` that exits idle does
+        not), so the bundle manager stops dispatching runs to it.  Checking
+        out a worker the server no longer lists is a no-op there.
+        """
+        path = f"/rest/workers/{urllib.parse.quote(worker_id, safe='')}/checkout"
+        for attempt in (1, 2):
+            token = await self._ensure_token()
+            try:
+                await self._request("POST", path, headers={"Authorization": f"Bearer {token}"},
+                                    json_answer=False)  # fmt: skip
+            except TokenRejected:
+                log.warning("codalab.token_rejected", username=self.username, attempt=attempt)
+                await self._forget_token(token)
+                continue
+            return
+        raise TransientError(f"CodaLab rejected a freshly issued token (401 on {path})")
+
     async def _fetch_pages(self, keywords: Sequence[str], token: str) -> tuple[ParsedBundles, int]:
         bundles: dict[str, StagedBundle] = {}
         malformed: list[MalformedBundle] = []
@@ -329,9 +351,11 @@ class CodaLabClient:
         headers: dict[str, str],
         params: Sequence[tuple[str, str]] = (),
         data: dict[str, str] | None = None,
+        json_answer: bool = True,
     ) -> object:
         async def attempt() -> object:
-            return await self._attempt(method, path, headers=headers, params=params, data=data)
+            return await self._attempt(method, path, headers=headers, params=params, data=data,
+                                       json_answer=json_answer)  # fmt: skip
 
         return await call_with_retry("codalab", attempt, self._retry, self._on_retry)
 
@@ -343,6 +367,7 @@ class CodaLabClient:
         headers: dict[str, str],
         params: Sequence[tuple[str, str]],
         data: dict[str, str] | None,
+        json_answer: bool = True,
     ) -> object:
         session = self._session
         if session is None:
@@ -370,7 +395,7 @@ class CodaLabClient:
         except aiohttp.ClientPayloadError as exc:
             raise TransientError(f"{method} {path}: {type(exc).__name__}") from None
         if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
-            return _decode_json(text, path)
+            return _decode_json(text, path) if json_answer else None
         message = f"{method} {path} answered {status}"
         if path != TOKEN_PATH:
             # The token endpoint's body may repeat the posted form: never quoted.

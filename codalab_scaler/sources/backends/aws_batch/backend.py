@@ -23,6 +23,17 @@ counted as alive: a short listing must never launch a worker twice.  An
 answer without its list (an HTML page behind a proxy, a body botocore could
 not read) is a transient error, never "no jobs".
 
+Cancel: ``TerminateJob`` with the reason ``CANCEL_REASON`` (Batch returns it
+as the job's ``statusReason``).  Batch fails a SUBMITTED, PENDING or RUNNABLE
+job and stops a running one's container; the job stays listed until Batch has
+done so.  Batch answers 200 for a job already finished and for an unknown id
+(aws-cli issue 2551), and an answer saying the job is not found is read the
+same way: a job already gone is a success.  Other refusals and transient
+errors are classified by ``errors.translate`` as for every other call.  A
+cancelled job that ends FAILED (or vanishes) is not a failed start: this
+instance remembers the ids it cancelled, and a restarted one recognises
+``CANCEL_REASON``.
+
 Credentials: the standard AWS chain (environment, profile, instance role);
 neither they nor the worker's password are logged.
 """
@@ -56,6 +67,8 @@ log = structlog.get_logger()
 PAGE_SIZE = 1000  # the most ListJobs returns per page when jobStatus is given
 DESCRIBE_CHUNK = 100  # the most DescribeJobs accepts per call
 MAX_PAGES = 10_000  # a peer that never stops paginating is a fault, not a queue
+CANCEL_REASON = "codalab-scaler: stuck, never registered"  # the job's statusReason afterwards
+_NOT_FOUND = re.compile(r"not found|does not exist|no such job", re.IGNORECASE)
 
 
 class AwsBatchBackend:
@@ -95,6 +108,7 @@ class AwsBatchBackend:
         self._definition_arn: str | None = None
         # job id -> (worker id, seen running): the live jobs this instance listed
         self._live: dict[str, tuple[str, bool]] = {}
+        self._cancelled: set[str] = set()  # ids this instance terminated, while in _live
         quiet_sdk_debug_logs()
         self._warn_about_settings()
 
@@ -186,6 +200,9 @@ class AwsBatchBackend:
             worker_id, ran = self._live[job_id]
             job = described.get(job_id)
             status = None if job is None else job.get("status")
+            if _ended_cancelled(job, cancelled=job_id in self._cancelled):
+                log.info("aws_batch.cancelled_job_ended", pool=self._pool, job_id=job_id)
+                continue
             if job is None:
                 if ran:
                     continue  # served, then aged out of Batch's retention
@@ -206,6 +223,7 @@ class AwsBatchBackend:
         # A launch that finished during this poll's awaits is kept for the next one.
         live.update({k: v for k, v in self._live.items() if k not in known and k not in live})
         self._live = live
+        self._cancelled &= live.keys()
         return lagging + failed
 
     def _counts(self, name: str) -> bool:
@@ -276,6 +294,23 @@ class AwsBatchBackend:
             self._definition_arn = arn
             return arn
 
+    # -- cancelling -----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> None:
+        """TerminateJob ``job_id`` with ``CANCEL_REASON``; a job already gone is a success."""
+        api = await self._api()
+        try:
+            with translate("terminate_job"):
+                await api.terminate_job(jobId=job_id, reason=CANCEL_REASON)
+        except RefusedError as exc:
+            if not _NOT_FOUND.search(str(exc)):
+                raise
+            log.info("aws_batch.job_already_gone", pool=self._pool, job_id=job_id, answer=str(exc))
+            return
+        if job_id in self._live:
+            self._cancelled.add(job_id)
+        log.info("aws_batch.job_terminated", pool=self._pool, job_id=job_id, reason=CANCEL_REASON)
+
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
         password = None if self._plaintext is None else spec.REDACTED
         plan = self._submit_request(worker_id, self._inputs.name, password)
@@ -321,6 +356,15 @@ def _listed(answer: Mapping[str, Any], key: str, operation: str) -> list[Any]:
     if not isinstance(items, list):
         raise TransientError(f"AWS Batch {operation}: the answer has no {key} list")
     return items
+
+
+def _ended_cancelled(job: Mapping[str, Any] | None, *, cancelled: bool) -> bool:
+    """A job this scaler terminated that has now ended FAILED or vanished: no failed start."""
+    if job is None:
+        return cancelled
+    if job.get("status") != "FAILED":
+        return False
+    return cancelled or job.get("statusReason") == CANCEL_REASON
 
 
 def _failure_reason(job: Mapping[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Workers as Slurm batch jobs: ``squeue`` to observe, ``sbatch`` to launch.
+"""Workers as Slurm batch jobs: ``squeue`` to observe, ``sbatch`` to launch, ``scancel`` to cancel.
 
 Job names are ``<user>-<job_name>-<pool>-<worker_id>``: the original's
 ``<user>-<job_name>-`` prefix plus the pool, so one squeue call filtered by
@@ -7,12 +7,22 @@ user and partition finds exactly this pool's jobs, after a restart too.
 Memory is bounded by the live jobs: ``_tracked`` holds each job this instance
 launched or saw pending/running, and forgets it when squeue shows it ended
 (reported once as ``FAILED`` if it failed) or no longer lists it.
+
+Cancel: ``scancel <job id>`` through the same runner, timeout and
+environment as sbatch and squeue.  The job then shows ``CANCELLED`` (an end,
+not a failure); one this instance cancelled is never reported as a failed
+start, even if it vanishes or ends otherwise.  A job already ended or unknown
+to Slurm is a success: recent Slurm exits 0 for it, older releases print
+"Invalid job id specified" or "already completing or completed", which are
+read the same way.  A dry run never reaches ``cancel`` (the service logs what
+it would cancel instead).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from codalab_scaler.core.errors import ConfigError, LaunchRefused, TransientError
+from codalab_scaler.core.errors import ConfigError, LaunchRefused, RefusedError, TransientError
 from codalab_scaler.core.model import JobState, WorkerJob
 from codalab_scaler.core.worker_command import WorkerOptions, build_command, work_dir_for
 from codalab_scaler.sources.backends.base import WorkerCredentials
@@ -34,6 +44,11 @@ from codalab_scaler.sources.backends.slurm.settings import SlurmBatchBackendSett
 log = structlog.get_logger()
 
 UNSEEN_FORGET_SECONDS = 600.0  # a submitted job squeue never listed is forgotten after this
+# What older scancel releases say (exit 1) about a job that is gone already.
+_ALREADY_GONE = re.compile(
+    r"invalid job id specified|already completing or completed|job has already finished",
+    re.IGNORECASE,
+)
 
 
 @dataclass(slots=True)
@@ -42,6 +57,7 @@ class _Tracked:
     since: float  # when this instance first knew of the job (monotonic)
     seen: bool = False  # listed by squeue at least once
     ran: bool = False  # seen running (or otherwise holding resources)
+    cancelled: bool = False  # scancel-ed by this instance: its end is no failed start
 
 
 class SlurmBatchBackend:
@@ -114,7 +130,7 @@ class SlurmBatchBackend:
             return None  # ended before this instance saw it alive: reported by then, or not ours
         del self._tracked[job_id]
         detail = f"{row.state} ({row.reason})" if row.reason not in ("", "None") else row.state
-        if phase is squeue.Phase.FAILED:
+        if phase is squeue.Phase.FAILED and not tracked.cancelled:
             when = "after running" if tracked.ran else "before running"
             return WorkerJob(job_id, JobState.FAILED, worker_id, reason=f"{detail} {when}")
         log.info("slurm.job_ended", pool=self._pool, job_id=job_id, state=detail)
@@ -128,7 +144,7 @@ class SlurmBatchBackend:
                 continue
             if tracked.seen:
                 del self._tracked[job_id]
-                if not tracked.ran:
+                if not tracked.ran and not tracked.cancelled:
                     reason = "vanished from squeue before it ever ran"
                     failed.append(WorkerJob(job_id, JobState.FAILED, tracked.worker_id, reason))
                 else:
@@ -161,6 +177,22 @@ class SlurmBatchBackend:
             script=str(files.script),
         )
         return job_id
+
+    async def cancel(self, job_id: str) -> None:
+        """``scancel`` the job; one already ended or unknown to Slurm is a success."""
+        if not (job_id.isdigit() and job_id.isascii()):
+            raise RefusedError(f"Slurm job id {job_id!r} is not a number")
+        try:
+            await self._run(["scancel", job_id])
+        except (commands.SlurmRefused, commands.SlurmTransient) as exc:
+            if exc.failure.returncode is None or not _ALREADY_GONE.search(exc.failure.stderr):
+                raise
+            log.info("slurm.job_already_gone", pool=self._pool, job_id=job_id)
+            return
+        tracked = self._tracked.get(job_id)
+        if tracked is not None:
+            tracked.cancelled = True
+        log.info("slurm.job_cancelled", pool=self._pool, job_id=job_id)
 
     async def describe_launch(self, worker_id: str) -> Mapping[str, Any]:
         files, argv = self._prepare(worker_id)

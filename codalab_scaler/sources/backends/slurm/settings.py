@@ -103,7 +103,7 @@ class SlurmBatchBackendSettings(StrictModel):
     )
     command_timeout_seconds: PositiveFloat = Field(
         default=20,
-        description="Timeout of one sbatch or squeue call, in seconds. 20: a busy "
+        description="Timeout of one sbatch, squeue or scancel call, in seconds. 20: a busy "
         "controller answers within seconds; longer means it is down, so try again later.",
     )
 
