@@ -429,8 +429,10 @@ async def test_waits_are_measured_from_first_seen_to_launch_and_to_leaving(
     assert s.sample("codalab_scaler_bundle_staged_seconds_sum", pool="f") == 30
 
 
-async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: Factory) -> None:
-    s = await service({"gpu": {"policy": "fast", "gpus": 1}})
+async def test_a_worker_registering_smaller_than_the_shape_backs_a_fast_pool_off(
+    service: Factory,
+) -> None:
+    s = await service({"gpu": {"policy": "fast", "gpus": 1, "max_workers": 8}})
     stage(s.bundles, 1, gpus=1)
     await s.cycle()
     (worker,) = s.backends["gpu"].launched
@@ -438,9 +440,18 @@ async def test_a_worker_registering_smaller_than_the_shape_is_reported(service: 
     await s.cycle()
     s.workers.register(worker)  # its cl-worker found no GPU
     with capture_logs() as logs:
-        await s.cycle()
+        for _ in range(5):
+            await s.cycle()
     (event,) = [e for e in logs if e["event"] == "worker.smaller_than_shape"]
     assert (event["registered"]["gpus"], event["shape"]["gpus"]) == (0, 1)
+    # Without the backoff, every pass would launch another worker that finds no GPU either.
+    assert [e["why"] for e in logs if e["event"] == "pool.backing_off"] == [
+        "worker_smaller_than_shape"
+    ]
+    # The pass that saw it register had planned one more worker for the bundle; then none.
+    assert len(s.backends["gpu"].launched) == 2
+    status = build_status(s.ctx, HealthReport(ok=True, problems=(), loops={}))
+    assert status["bundles"]["staged"][0]["unroutable"]["reason"] == "pools_backing_off"
 
 
 async def test_status_lists_the_first_bundles_by_uuid_and_counts_them_all(

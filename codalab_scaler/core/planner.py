@@ -105,6 +105,8 @@ class PoolPlan:
     tokens: int = 0
     backoff_remaining: float = 0.0
     registered: tuple[str, ...] = ()
+    # Jobs of ``registered`` whose worker announced less than the pool's shape.
+    smaller: tuple[str, ...] = ()
     # Registered ids (as CodaLab lists them) of this pool's workers whose job has ended.
     exited: tuple[str, ...] = ()
     memory: Memory = field(default_factory=Memory)
@@ -126,7 +128,7 @@ def _supply(
     *,
     known: bool,
     now: float,
-) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...]]:
+) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...], tuple[str, ...]]:
     state, spec, memory = pool.state, pool.spec, pool.state.memory
     jobs = state.jobs.value or ()
     since = booting_since(memory.booting_since, jobs, state.in_flight, index, now)
@@ -135,16 +137,23 @@ def _supply(
     workers = classify(jobs, state.in_flight, index, since, spec.route.shape,
                        provision_timeout=timeout, now=now)  # fmt: skip
     before = memory.booting_since
-    registered = tuple(
-        w.job_id for w in workers if w.state is WorkerState.SERVING and w.job_id in before
-    )
-    backoff = memory.backoff.reset() if registered else memory.backoff
+    newly = [w for w in workers if w.state is WorkerState.SERVING and w.job_id in before]
+    shape = spec.route.shape
+    small = {
+        w.job_id
+        for w in newly
+        if w.total is not None and not w.total.fits(shape.cpus, shape.gpus, shape.memory_bytes)
+    }
+    registered = tuple(w.job_id for w in newly)
+    # A worker smaller than the shape (a GPU pool's worker that found no GPU) is no
+    # sign the pool works: its backoff is not reset by it.
+    backoff = memory.backoff.reset() if len(small) < len(newly) else memory.backoff
     memory = replace(memory, booting_since=since, backoff=backoff)
     if known and stale_view("jobs", state.jobs, spec.limits, now) is None:
         live = live_worker_ids(jobs, state.in_flight)
         gone = exited(memory.live_workers, memory.exited, live, jobs, index)
         memory = replace(memory, live_workers=live, exited=gone)
-    return workers, memory, registered
+    return workers, memory, registered, tuple(sorted(small))
 
 
 def _full(spec: PoolSpec, workers: Sequence[PoolWorker], *, known: bool) -> bool:
@@ -182,13 +191,13 @@ def plan(
     routing = route([p.spec.route for p in pools], searched, availability, filtered)
     plans: dict[str, PoolPlan] = {}
     for p in pools:
-        pool_workers, memory, registered = supplies[p.spec.name]
+        pool_workers, memory, registered, small = supplies[p.spec.name]
         counted = routing.counted(p.spec.name)
         one = _compat if p.spec.kind is PolicyKind.COMPAT else _fast
         plans[p.spec.name] = one(p, counted, pool_workers, memory, workers, now)
         listed = sorted(index[w].worker_id for w in memory.exited if w in index)
         plans[p.spec.name] = replace(
-            plans[p.spec.name], registered=registered, exited=tuple(listed)
+            plans[p.spec.name], registered=registered, smaller=small, exited=tuple(listed)
         )
     return Plan(routing=routing, pools=plans, at=now)
 

@@ -148,6 +148,9 @@ def _remember(
     _warn_small(rt, p)
     if rt.spec.kind is PolicyKind.FAST and state.failed_starts > memory.failed_starts_seen:
         memory = _back_off(ctx, rt, memory, now, "failed_start")
+    if rt.spec.kind is PolicyKind.FAST and p.smaller:
+        # Bundles placed by shape will not fit it: launching on would reach max.
+        memory = _back_off(ctx, rt, memory, now, "worker_smaller_than_shape")
     memory = replace(memory, failed_starts_seen=state.failed_starts)
     until = state.memory.backoff.until
     if previous is not None and until is not None and previous.at < until <= now:
@@ -174,14 +177,13 @@ def _warn_small(rt: PoolRuntime, p: PoolPlan) -> None:
     """Warn when a worker registers with less than the pool's shape.
 
     The bundles placed by shape will not fit it, and a fast pool would launch
-    again for them, up to max (a GPU pool whose workers find no GPU).
+    again for them, up to max (a GPU pool whose workers find no GPU): a fast
+    pool backs off instead, so its bundles fall through or show as unroutable.
     """
     shape = rt.spec.route.shape
     for worker in p.workers:
         total = worker.total
-        if worker.job_id not in p.registered or total is None:
-            continue
-        if total.fits(shape.cpus, shape.gpus, shape.memory_bytes):
+        if worker.job_id not in p.smaller or total is None:
             continue
         log.warning(
             "worker.smaller_than_shape",
