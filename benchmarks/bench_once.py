@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.code_tree import describe
 from benchmarks.report import write_report
 from codalab_scaler.simulator import CodaLabSimulator
 
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     measured = asyncio.run(measure(args.code, args.bundles, args.rounds, args.profile))
-    result = {"label": args.label, "note": args.note, "code": str(args.code), **measured}
+    result = {"label": args.label, "note": args.note, "code": describe(args.code), **measured}
     kept = []
     if args.out.exists():
         kept = [r for r in json.loads(args.out.read_text())["results"] if r["label"] != args.label]

@@ -47,7 +47,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from benchmarks.code_tree import command
+from benchmarks.code_tree import command, describe
 from benchmarks.planner_world import NOW, World, settings, world
 from benchmarks.report import write_report
 from codalab_scaler.core.planner import plan
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = {
         "label": args.label,
         "note": args.note,
-        "code": str(args.code or Path(__file__).resolve().parent.parent),
+        "code": describe(args.code),
         "bundles": len(w.bundles),
         "jobs": w.jobs,
         "check_ins": len(w.workers.value or ()),

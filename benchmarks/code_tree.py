@@ -9,6 +9,7 @@ from this checkout) as ``__main__`` with ``ARGS``.  Nothing is written into
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,17 @@ sys.path.insert(0, here)
 sys.argv = [module, *sys.argv[4:]]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
+
+
+def describe(tree: Path | None) -> str:
+    """``tree`` (None: this checkout) as its commit, ``+dirty`` when its package has changes."""
+    root = HERE if tree is None else tree
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"],  # noqa: S603 - git, our args
+                          capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "codalab_scaler"],  # noqa: S603
+                           capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    return f"{root} at {head or '?'}{' +dirty' if dirty else ''}"
 
 
 def command(tree: Path | None, module: str, args: Sequence[str]) -> list[str]:
