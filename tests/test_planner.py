@@ -14,12 +14,28 @@ from codalab_scaler.core.model import (
     WorkerJob,
 )
 from codalab_scaler.core.pacing import Backoff, TokenBucket
-from codalab_scaler.core.planner import Memory, PolicyKind, after_failure, after_launches, plan
+from codalab_scaler.core.planner import (
+    Memory,
+    PolicyKind,
+    after_failure,
+    after_launches,
+    plan,
+    smaller,
+)
+from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.core.routing import Unroutable
-from codalab_scaler.core.supply import WorkerState, exited, live_worker_ids, registrations
+from codalab_scaler.core.supply import (
+    Capacity,
+    WorkerState,
+    exited,
+    live_worker_ids,
+    registrations,
+    settle,
+)
 from tests.planner_inputs import NOW, bundle, checked_in, job, pool, seen, spec, state
 
 COMPAT = PolicyKind.COMPAT
+GIB = 1 << 30
 
 
 def test_two_overlapping_pools_count_each_bundle_once_and_launch_what_is_needed() -> None:
@@ -194,14 +210,13 @@ def test_launch_attempts_spend_tokens_of_fast_pools_only() -> None:
 # fmt: off
 EXITED = [
     # (jobs live at the last pass, already exited, jobs listed now, registered ids, expected)
-    ("a live job's worker serves",         {"w1"}, set(),  [job("w1")],                    {"w1"},       set()),
-    ("its job ended: exited",              {"w1"}, set(),  [],                             {"w1"},       {"w1"}),
-    ("exited stays exited while listed",   set(),  {"w1"}, [],                             {"w1"},       {"w1"}),
-    ("no longer listed by CodaLab: gone",  set(),  {"w1"}, [],                             set(),        set()),
-    ("failed job, still registered",       set(),  set(),  [job("w1", JobState.FAILED)],   {"w1"},       {"w1"}),
-    ("never this pool's: left alone",      set(),  set(),  [],                             {"w9"},       set()),
-    ("ended before registering: nothing",  {"w1"}, set(),  [],                             set(),        set()),
-    ("same id live again (restart)",       set(),  {"w1"}, [job("w1")],                    {"w1"},       set()),
+    ("a live job's worker serves",         {"w1"}, set(),  [job("w1")],  {"w1"},  set()),
+    ("its job ended: exited",              {"w1"}, set(),  [],           {"w1"},  {"w1"}),
+    ("exited stays exited while listed",   set(),  {"w1"}, [],           {"w1"},  {"w1"}),
+    ("no longer listed by CodaLab: gone",  set(),  {"w1"}, [],           set(),   set()),
+    ("never this pool's: left alone",      set(),  set(),  [],           {"w9"},  set()),
+    ("ended before registering: nothing",  {"w1"}, set(),  [],           set(),   set()),
+    ("same id live again (restart)",       set(),  {"w1"}, [job("w1")],  {"w1"},  set()),
 ]
 # fmt: on
 
@@ -215,16 +230,80 @@ def test_exited_workers(name: str, live_before: set[str], exited_before: set[str
                         expected: set[str]) -> None:  # fmt: skip
     index = registrations(checked_in(w) for w in registered)
     live = live_worker_ids(jobs, ())
-    assert exited(frozenset(live_before), frozenset(exited_before), live, jobs, index) == expected
+    assert exited(frozenset(live_before), exited_before, live, index) == expected
 
 
-def test_the_plan_names_exited_workers_as_codalab_lists_them_and_only_on_a_good_job_view() -> None:
-    before = replace(state(jobs=(job("w1"),)), memory=Memory(live_workers=frozenset({"w1"})))
+def _at(checkin: float | None) -> dict[str, RegisteredWorker]:
+    return {"w1": replace(checked_in("w1"), checkin_time=checkin)}
+
+
+def test_an_exited_worker_is_dead_once_its_check_in_time_stood_still_for_the_grace() -> None:
+    memory, ready = settle({"w1"}, {}, _at(100.0), grace=12, now=NOW)
+    assert (memory, ready) == ({"w1": (100.0, NOW)}, frozenset())
+    memory, ready = settle({"w1"}, memory, _at(100.0), grace=12, now=NOW + 11)
+    assert ready == frozenset()
+    memory, ready = settle({"w1"}, memory, _at(100.0), grace=12, now=NOW + 12)
+    assert ready == {"w1"}
+
+
+def test_a_worker_that_checks_in_again_is_alive_whatever_the_listing_said() -> None:
+    memory, _ = settle({"w1"}, {}, _at(100.0), grace=12, now=NOW)
+    memory, ready = settle({"w1"}, memory, _at(105.0), grace=12, now=NOW + 12)
+    assert (memory, ready) == ({"w1": (105.0, NOW + 12)}, frozenset())
+
+
+def test_a_registration_without_a_check_in_time_proves_nothing() -> None:
+    memory, _ = settle({"w1"}, {}, _at(None), grace=12, now=NOW)
+    assert settle({"w1"}, memory, _at(None), grace=12, now=NOW + 600)[1] == frozenset()
+
+
+def test_the_plan_names_dead_exited_workers_as_codalab_lists_them_on_good_views_only() -> None:
+    registration = replace(checked_in("w1"), checkin_time=100.0)
+    live = Memory(live_workers=frozenset({"w1"}))
+    before = replace(state(jobs=(job("w1"),)), memory=live)
     ended = replace(before, jobs=Observation((), observed_at=NOW))
-    assert plan([pool(spec("a"), ended)], seen(checked_in("w1")), NOW).pools["a"].exited == (
-        "host-w1",
+    first = plan([pool(spec("a"), ended)], seen(registration), NOW).pools["a"]
+    assert first.exited == ()  # not yet: its check-in time has to stand still first
+    later = replace(ended, memory=first.memory, jobs=Observation((), observed_at=NOW + 60))
+    assert plan([pool(spec("a"), later)], seen(registration, age=-60), NOW + 60).pools[
+        "a"
+    ].exited == ("host-w1",)
+    failed = replace(later, jobs=Observation(None, error="listing failed"))
+    assert (
+        plan([pool(spec("a"), failed)], seen(registration, age=-60), NOW + 60).pools["a"].exited
+        == ()
     )
-    failed = replace(before, jobs=Observation(None, error="listing failed"))
-    assert plan([pool(spec("a"), failed)], seen(checked_in("w1")), NOW).pools["a"].exited == ()
     unknown: Observation[tuple[RegisteredWorker, ...]] = Observation(error="workers/info failed")
-    assert plan([pool(spec("a"), ended)], unknown, NOW).pools["a"].exited == ()
+    assert plan([pool(spec("a"), later)], unknown, NOW + 60).pools["a"].exited == ()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "gib", "expected"),
+    [
+        (4, 0, 16, False),
+        (8, 0, 15.5, False),
+        (4, 0, 14, True),
+        (3, 0, 16, True),
+        (4, 0, 14.5, False),
+    ],
+)
+def test_a_registration_is_smaller_than_the_shape_by_cpus_gpus_or_a_tenth_of_memory(
+    cpus: int, gpus: int, gib: float, expected: bool
+) -> None:
+    shape = WorkerShape(cpus=4, gpus=0, memory_mb=16384)
+    assert smaller(Capacity(cpus, gpus, int(gib * GIB)), shape) is expected
+    assert smaller(Capacity(4, 0, 16 * GIB), WorkerShape(cpus=4, gpus=1, memory_mb=16384))
+
+
+def test_nothing_is_stuck_while_the_check_in_view_is_failed() -> None:
+    booting = replace(
+        state(jobs=(job("w1", JobState.PENDING),)),
+        memory=Memory(booting_since={"job-w1": NOW - 10_000}),
+    )
+    failed: Observation[tuple[RegisteredWorker, ...]] = Observation(
+        (), observed_at=NOW - 5, error="workers/info failed"
+    )
+    (worker,) = plan([pool(spec("a"), booting)], failed, NOW).pools["a"].workers
+    assert worker.state is WorkerState.BOOTING  # it may have registered meanwhile
+    (worker,) = plan([pool(spec("a"), booting)], seen(), NOW).pools["a"].workers
+    assert worker.state is WorkerState.STUCK

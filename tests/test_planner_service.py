@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,7 +58,12 @@ class FakeWorkers:
     def register(self, worker_id: str, *, cpus: int = 1, runs: int = 0) -> None:
         self.workers.append(
             RegisteredWorker(
-                f"host-{worker_id}", cpus, 0, 2 * GIB, run_uuids=tuple(f"r{i}" for i in range(runs))
+                f"host-{worker_id}",
+                cpus,
+                0,
+                2 * GIB,
+                run_uuids=tuple(f"r{i}" for i in range(runs)),
+                checkin_time=1_000_000.0,  # stands still: move it to say the worker checked in
             )
         )
 
@@ -219,6 +224,11 @@ async def test_a_worker_whose_job_ended_is_checked_out_once_and_only_then(
     backend.list_error = None
     with capture_logs() as logs:
         await s.cycle()  # the job is gone, CodaLab still lists the worker
+        s.clock.advance(11)
+        await s.cycle()
+        assert s.workers.checked_out == []  # its check-in time has not stood still 12 s yet
+        s.clock.advance(1)
+        await s.cycle()
         await s.cycle()
     assert s.workers.checked_out == [f"host-{worker}"]
     events = [(e["event"], e.get("worker_id")) for e in logs if e["event"].startswith("worker.")]
@@ -226,6 +236,24 @@ async def test_a_worker_whose_job_ended_is_checked_out_once_and_only_then(
     assert [w.worker_id for w in s.workers.workers] == ["host-someone-elses"]
     assert s.sample("codalab_scaler_checked_out_workers_total", pool="f",
                     outcome="checked_out") == 1  # fmt: skip
+
+
+async def test_a_live_worker_a_listing_misses_is_never_checked_out(service: Factory) -> None:
+    s = await service({"f": {"policy": "fast"}})
+    backend = s.backends["f"]
+    stage(s.bundles, 1)
+    await s.cycle()
+    (worker,) = backend.launched
+    backend.activate_all()
+    s.workers.register(worker)
+    await s.cycle()
+    del backend.jobs[f"job-{worker}"]  # the backend's listing drops a job that still runs
+    for second in range(1, 31):
+        (registration,) = s.workers.workers
+        s.workers.workers = [replace(registration, checkin_time=1_000_000.0 + second)]
+        s.clock.advance(1)
+        await s.cycle()  # it keeps checking in: alive, whatever the listing says
+    assert s.workers.checked_out == []
 
 
 async def test_a_failed_checkout_is_tried_again_and_the_setting_turns_checkouts_off(
@@ -246,8 +274,15 @@ async def test_a_failed_checkout_is_tried_again_and_the_setting_turns_checkouts_
     s.bundles.staged.clear()
     s.workers.checkout_error = TransientError("CodaLab at x: timed out")
     await s.cycle()
-    await s.cycle()
+    s.clock.advance(12)
+    with capture_logs() as logs:
+        await s.cycle()
+        await s.cycle()
     assert s.workers.checked_out == []
+    failed = [
+        (e["log_level"], e["attempts"]) for e in logs if e["event"] == "worker.checkout_failed"
+    ]
+    assert failed == [("warning", 1), ("info", 2)]
     s.workers.checkout_error = None
     await s.cycle()
     (on,) = s.backends["on"].launched

@@ -548,7 +548,19 @@ class Settings(StrictModel):
             provision_timeout=p.provision_timeout_seconds,
             backoff_initial=p.backoff_initial_seconds,
             backoff_max=p.backoff_max_seconds,
+            checkin_grace=checkin_grace(p.worker_checkin_frequency_seconds),
         )
+
+
+CL_WORKER_CHECKIN_SECONDS = 5  # cl-worker's own --checkin-frequency-seconds default
+
+
+def checkin_grace(frequency: int | None) -> float:
+    """How long a registration's check-in time must stand still to prove its worker stopped.
+
+    Two check-in periods and two seconds (check-in times are whole seconds).
+    """
+    return 2.0 * (frequency or CL_WORKER_CHECKIN_SECONDS) + 2.0
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

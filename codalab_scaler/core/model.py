@@ -90,8 +90,9 @@ class PlannerMemory:
     ``failed_starts_seen`` is the pool's ``failed_starts`` the planner last
     acted on, so a new failed start backs a ``fast`` pool off once.
     ``live_workers`` are the worker ids of the pool's live jobs at the last
-    pass with a good job view, ``exited`` those whose job has ended since and
-    that CodaLab still lists (see ``supply.exited``).
+    pass with a good job view; ``exited`` maps each worker whose job has ended
+    since and that CodaLab still lists to the check-in time it shows and when
+    (this clock) that check-in time was first seen (see ``supply.settle``).
     """
 
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.0))
@@ -99,7 +100,7 @@ class PlannerMemory:
     booting_since: Mapping[str, float] = field(default_factory=dict)
     failed_starts_seen: int = 0
     live_workers: frozenset[str] = frozenset()
-    exited: frozenset[str] = frozenset()
+    exited: Mapping[str, tuple[float | None, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,7 @@ class PoolState:
     cancel_failures: Mapping[str, int] = field(default_factory=dict)
     # Exited workers' registered ids this process checked out (forgotten once unlisted).
     checked_out: frozenset[str] = frozenset()
+    checkout_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,10 @@ from codalab_scaler.core.model import (
     StagedBundle,
 )
 from codalab_scaler.core.placement import Packing, Placement, pack
+from codalab_scaler.core.prefilter import WorkerShape
 from codalab_scaler.core.routing import Availability, RouteSpec, Routing, route
 from codalab_scaler.core.supply import (
+    Capacity,
     PoolWorker,
     RegisteredWorker,
     WorkerState,
@@ -46,6 +48,7 @@ from codalab_scaler.core.supply import (
     exited,
     live_worker_ids,
     registrations,
+    settle,
 )
 
 
@@ -67,6 +70,9 @@ class PoolSpec:
     provision_timeout: float
     backoff_initial: float
     backoff_max: float
+    # How long a registration's check-in time must stand still before its worker,
+    # whose job is gone, is taken for dead (about two check-in periods).
+    checkin_grace: float = 42.0
 
     @property
     def name(self) -> str:
@@ -107,7 +113,8 @@ class PoolPlan:
     registered: tuple[str, ...] = ()
     # Jobs of ``registered`` whose worker announced less than the pool's shape.
     smaller: tuple[str, ...] = ()
-    # Registered ids (as CodaLab lists them) of this pool's workers whose job has ended.
+    # Registered ids (as CodaLab lists them) of this pool's workers whose job has ended
+    # and whose check-in time has stood still for the pool's ``checkin_grace``.
     exited: tuple[str, ...] = ()
     memory: Memory = field(default_factory=Memory)
 
@@ -126,34 +133,53 @@ def _supply(
     pool: PoolInput,
     index: Mapping[str, RegisteredWorker],
     *,
-    known: bool,
+    fresh: bool,
     now: float,
-) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[PoolWorker, ...], Memory, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The pool's workers, its memory, and its newly registered, smaller and dead-exited workers.
+
+    ``fresh``: the workers/info view is good and recent.  Without it nothing
+    can be told stuck (a worker that registered meanwhile looks booting) and
+    no exited worker is proven dead.
+    """
     state, spec, memory = pool.state, pool.spec, pool.state.memory
     jobs = state.jobs.value or ()
     since = booting_since(memory.booting_since, jobs, state.in_flight, index, now)
-    # Without a check-in view nothing can be told stuck: a serving worker looks booting.
-    timeout = spec.provision_timeout if known else float("inf")
+    timeout = spec.provision_timeout if fresh else float("inf")
     workers = classify(jobs, state.in_flight, index, since, spec.route.shape,
                        provision_timeout=timeout, now=now)  # fmt: skip
     before = memory.booting_since
     newly = [w for w in workers if w.state is WorkerState.SERVING and w.job_id in before]
-    shape = spec.route.shape
-    small = {
-        w.job_id
-        for w in newly
-        if w.total is not None and not w.total.fits(shape.cpus, shape.gpus, shape.memory_bytes)
-    }
+    small = {w.job_id for w in newly if w.total is not None and smaller(w.total, spec.route.shape)}
     registered = tuple(w.job_id for w in newly)
     # A worker smaller than the shape (a GPU pool's worker that found no GPU) is no
     # sign the pool works: its backoff is not reset by it.
     backoff = memory.backoff.reset() if len(small) < len(newly) else memory.backoff
     memory = replace(memory, booting_since=since, backoff=backoff)
-    if known and stale_view("jobs", state.jobs, spec.limits, now) is None:
+    dead: frozenset[str] = frozenset()
+    if fresh and stale_view("jobs", state.jobs, spec.limits, now) is None:
         live = live_worker_ids(jobs, state.in_flight)
-        gone = exited(memory.live_workers, memory.exited, live, jobs, index)
-        memory = replace(memory, live_workers=live, exited=gone)
-    return workers, memory, registered, tuple(sorted(small))
+        gone = exited(memory.live_workers, memory.exited, live, index)
+        watched, dead = settle(gone, memory.exited, index, grace=spec.checkin_grace, now=now)
+        memory = replace(memory, live_workers=live, exited=watched)
+    listed = tuple(sorted(index[w].worker_id for w in dead))
+    return workers, memory, registered, tuple(sorted(small)), listed
+
+
+def smaller(total: Capacity, shape: WorkerShape) -> bool:
+    """A registration short of the shape: fewer cpus or gpus, or under 90 % of its memory.
+
+    cl-worker announces the host's memory, a little under the nominal size
+    (a "16 GB" node has about 15.5 GiB): that is no reason to back off.
+    """
+    return (
+        total.cpus < shape.cpus
+        or total.gpus < shape.gpus
+        or total.memory_bytes < shape.memory_bytes * MEMORY_TOLERANCE
+    )
+
+
+MEMORY_TOLERANCE = 0.9
 
 
 def _full(spec: PoolSpec, workers: Sequence[PoolWorker], *, known: bool) -> bool:
@@ -172,7 +198,12 @@ def plan(
 ) -> Plan:
     index = registrations(workers.value or ()) if workers.value is not None else {}
     known = workers.value is not None
-    supplies = {p.spec.name: _supply(p, index, known=known, now=now) for p in pools}
+    supplies = {
+        p.spec.name: _supply(
+            p, index, fresh=stale_view("workers", workers, p.spec.limits, now) is None, now=now
+        )
+        for p in pools
+    }
     availability = {
         p.spec.name: Availability(
             backing_off=supplies[p.spec.name][1].backoff.active(now),
@@ -191,13 +222,12 @@ def plan(
     routing = route([p.spec.route for p in pools], searched, availability, filtered)
     plans: dict[str, PoolPlan] = {}
     for p in pools:
-        pool_workers, memory, registered, small = supplies[p.spec.name]
+        pool_workers, memory, registered, small, dead = supplies[p.spec.name]
         counted = routing.counted(p.spec.name)
         one = _compat if p.spec.kind is PolicyKind.COMPAT else _fast
         plans[p.spec.name] = one(p, counted, pool_workers, memory, workers, now)
-        listed = sorted(index[w].worker_id for w in memory.exited if w in index)
         plans[p.spec.name] = replace(
-            plans[p.spec.name], registered=registered, smaller=small, exited=tuple(listed)
+            plans[p.spec.name], registered=registered, smaller=small, exited=dead
         )
     return Plan(routing=routing, pools=plans, at=now)
 

@@ -37,6 +37,7 @@ __all__ = [
     "exited",
     "live_worker_ids",
     "registrations",
+    "settle",
 ]
 
 
@@ -191,17 +192,43 @@ def live_worker_ids(
 
 def exited(
     previous_live: frozenset[str],
-    previous_exited: frozenset[str],
+    previous_exited: Iterable[str],
     live: frozenset[str],
-    jobs: Iterable[WorkerJob],
     registered: Mapping[str, RegisteredWorker],
 ) -> frozenset[str]:
     """The pool's workers whose job has ended and that CodaLab still lists (worker ids).
 
     A worker is this pool's when one of its jobs carried the id: it was live at
-    the previous pass (or already exited), or it is listed as failed now.  Call
-    only with a good job view: a job missing from a failed listing has not ended.
+    the previous pass (or already exited).  Call only with a good job view: a
+    job missing from a failed listing has not ended.  A job a listing merely
+    missed looks the same, so ``settle`` waits for proof before a checkout.
     """
-    failed = {job.worker_id for job in jobs if job.state is JobState.FAILED and job.worker_id}
-    ended = (previous_live - live) | previous_exited | failed
+    ended = (previous_live - live) | set(previous_exited)
     return frozenset(w for w in ended if w not in live and w in registered)
+
+
+def settle(
+    candidates: Iterable[str],
+    previous: Mapping[str, tuple[float | None, float]],
+    registered: Mapping[str, RegisteredWorker],
+    *,
+    grace: float,
+    now: float,
+) -> tuple[dict[str, tuple[float | None, float]], frozenset[str]]:
+    """Which exited workers are dead for sure: their check-in time has not moved for ``grace``.
+
+    A live worker checks in every few seconds, whatever a job listing says; one
+    whose check-in time (the server's clock, only compared with itself) stays
+    the same for longer than ``grace`` of this clock has stopped.  Returns the
+    memory (worker -> (check-in time, first seen at)) and the workers to check
+    out.  A registration without a check-in time proves nothing: never ready.
+    """
+    memory: dict[str, tuple[float | None, float]] = {}
+    for worker in candidates:
+        checkin = registered[worker].checkin_time
+        seen = previous.get(worker)
+        memory[worker] = seen if seen is not None and seen[0] == checkin else (checkin, now)
+    ready = frozenset(
+        w for w, (checkin, since) in memory.items() if checkin is not None and now - since >= grace
+    )
+    return memory, ready

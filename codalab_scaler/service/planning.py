@@ -143,14 +143,19 @@ def _remember(
     """
     state = ctx.state.snapshot.pools[rt.name]
     memory = p.memory
-    if p.registered and state.memory.backoff.until is not None:
-        log.info("pool.backoff_reset", pool=rt.name, registered=list(p.registered))
+    fit = [job for job in p.registered if job not in p.smaller]
+    if fit and state.memory.backoff.until is not None:
+        log.info("pool.backoff_reset", pool=rt.name, registered=fit)
     _warn_small(rt, p)
-    if rt.spec.kind is PolicyKind.FAST and state.failed_starts > memory.failed_starts_seen:
-        memory = _back_off(ctx, rt, memory, now, "failed_start")
-    if rt.spec.kind is PolicyKind.FAST and p.smaller:
-        # Bundles placed by shape will not fit it: launching on would reach max.
-        memory = _back_off(ctx, rt, memory, now, "worker_smaller_than_shape")
+    if rt.spec.kind is PolicyKind.FAST:
+        # A worker smaller than the shape: bundles placed by shape will not fit it, and
+        # launching on would reach max. One failure per pass, whatever the causes.
+        why = [cause for cause, found in (
+            ("failed_start", state.failed_starts > memory.failed_starts_seen),
+            ("worker_smaller_than_shape", bool(p.smaller)),
+        ) if found]  # fmt: skip
+        if why:
+            memory = _back_off(ctx, rt, memory, now, ",".join(why))
     memory = replace(memory, failed_starts_seen=state.failed_starts)
     until = state.memory.backoff.until
     if previous is not None and until is not None and previous.at < until <= now:
@@ -367,35 +372,46 @@ async def _cancel_stuck(
 async def _check_out_exited(
     ctx: Context, source: WorkerSource, rt: PoolRuntime, p: PoolPlan
 ) -> None:
-    """Check out each worker whose job has ended and that CodaLab still lists, once.
+    """Check out each worker the planner proved dead (job gone, check-ins stopped), once.
 
     A ``cl-worker`` that exits idle does not check out, and CodaLab's bundle
-    manager keeps dispatching runs to it (each lost) for 60 s; a failure is
-    tried again next pass while the worker stays listed.
+    manager keeps dispatching runs to it (each lost) for 60 s.  The calls go
+    out together (bounded), so a slow CodaLab delays the pass by one call, not
+    one per worker; a failure is tried again next pass while the worker stays
+    listed (a warning for its first failure, info after).
     """
     state = ctx.state.snapshot.pools[rt.name]
     done = {w for w in state.checked_out if w in p.exited}
+    failures = {w: n for w, n in state.checkout_failures.items() if w in p.exited}
     todo = [w for w in p.exited if w not in done]
-    if not todo:
-        if done != state.checked_out:
-            ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
-        return
-    if ctx.dry_run:
+    if ctx.dry_run and todo:
         log.info("scaler.dry_run_checkout", pool=rt.name, worker_ids=todo)
         done.update(todo)  # said once
-    else:
-        for worker_id in todo:
+        todo = []
+    gate = asyncio.Semaphore(ctx.launch_concurrency)
+
+    async def one(worker_id: str) -> None:
+        async with gate:
             try:
                 await source.checkout_worker(worker_id)
             except (RefusedError, TransientError) as exc:
                 ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="failed").inc()
-                log.warning("worker.checkout_failed", pool=rt.name, worker_id=worker_id,
-                            error=str(exc))  # fmt: skip
-                continue
-            ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="checked_out").inc()
-            log.info("worker.checked_out", pool=rt.name, worker_id=worker_id, reason="job_ended")
-            done.add(worker_id)
-    ctx.state.update(rt.name, lambda s: replace(s, checked_out=frozenset(done)))
+                failures[worker_id] = attempts = failures.get(worker_id, 0) + 1
+                emit = log.warning if attempts == 1 else log.info
+                emit("worker.checkout_failed", pool=rt.name, worker_id=worker_id,
+                     attempts=attempts, error=str(exc))  # fmt: skip
+                return
+        ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="checked_out").inc()
+        log.info("worker.checked_out", pool=rt.name, worker_id=worker_id, reason="job_ended")
+        done.add(worker_id)
+        failures.pop(worker_id, None)
+
+    await asyncio.gather(*(one(w) for w in todo))
+    if done != state.checked_out or failures != state.checkout_failures:
+        ctx.state.update(
+            rt.name,
+            lambda s: replace(s, checked_out=frozenset(done), checkout_failures=dict(failures)),
+        )
 
 
 def _booting_from_launch(memory: PlannerMemory, ctx: Context, name: str) -> PlannerMemory:
