@@ -330,7 +330,7 @@ async def _act(
 async def _cancel_stuck(
     ctx: Context, rt: PoolRuntime, p: PoolPlan, new_stuck: Sequence[PoolWorker], now: float
 ) -> None:
-    """Cancel every stuck worker not cancelled yet; a failed cancel is tried again next pass.
+    """Cancel every stuck worker not cancelled yet, together; a failure is tried again next pass.
 
     The first failure for a job is a warning, later ones are info (a missing
     permission would otherwise warn on every pass); each attempt is counted.
@@ -343,25 +343,29 @@ async def _cancel_stuck(
     listed = {w.job_id for w in p.workers}
     done = {j for j in state.cancelled if j in listed}
     failures = {j: n for j, n in state.cancel_failures.items() if j in listed}
-    cancelled = False
-    for worker in p.by_state(WorkerState.STUCK):
-        if worker.job_id in done:
-            continue
-        try:
-            await rt.backend.cancel(worker.job_id)
-        except (RefusedError, TransientError) as exc:
-            ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
-            failures[worker.job_id] = attempts = failures.get(worker.job_id, 0) + 1
-            emit = log.warning if attempts == 1 else log.info
-            emit("worker.cancel_failed", pool=rt.name, job_id=worker.job_id,
-                 attempts=attempts, error=str(exc))  # fmt: skip
-            continue
+    gate = asyncio.Semaphore(ctx.launch_concurrency)
+
+    async def one(job_id: str) -> bool:
+        async with gate:
+            try:
+                await rt.backend.cancel(job_id)
+            except (RefusedError, TransientError) as exc:
+                ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
+                failures[job_id] = attempts = failures.get(job_id, 0) + 1
+                emit = log.warning if attempts == 1 else log.info
+                emit("worker.cancel_failed", pool=rt.name, job_id=job_id,
+                     attempts=attempts, error=str(exc))  # fmt: skip
+                return False
         ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="cancelled").inc()
-        log.info("worker.cancelled", pool=rt.name, job_id=worker.job_id, reason="stuck")
-        ctx.state.update(rt.name, functools.partial(_forget_flight, job_id=worker.job_id))
-        done.add(worker.job_id)
-        failures.pop(worker.job_id, None)
-        cancelled = True
+        log.info("worker.cancelled", pool=rt.name, job_id=job_id, reason="stuck")
+        ctx.state.update(rt.name, functools.partial(_forget_flight, job_id=job_id))
+        done.add(job_id)
+        failures.pop(job_id, None)
+        return True
+
+    # Together (bounded, like launches): a slow backend delays the pass by one call.
+    todo = [w.job_id for w in p.by_state(WorkerState.STUCK) if w.job_id not in done]
+    cancelled = any(await asyncio.gather(*(one(j) for j in todo)))
     ctx.state.update(
         rt.name, lambda s: replace(s, cancelled=frozenset(done), cancel_failures=failures)
     )
