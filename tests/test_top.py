@@ -49,9 +49,14 @@ class StatusServer:
         self.requests += 1
         return web.json_response(DOCUMENTS[min(self.requests, len(DOCUMENTS)) - 1])
 
+    async def _deep(self, _request: web.Request) -> web.Response:
+        """JSON nested deeper than Python's parser recurses: it raises RecursionError."""
+        return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/status", self._status)
+        app.router.add_get("/deep/status", self._deep)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.1
         )
@@ -193,6 +198,16 @@ async def test_the_command_exits_1_when_the_url_is_not_a_scaler(
     code = await asyncio.to_thread(main, ["top", f"{server.url}/elsewhere"], {})
     assert code == 1
     assert f"{server.url}/elsewhere/status answered HTTP 404" in capsys.readouterr().err
+
+
+async def test_json_too_deep_to_parse_is_not_a_status(
+    server: StatusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await asyncio.to_thread(main, ["top", f"{server.url}/deep"], {})
+    assert code == 1
+    err = capsys.readouterr().err.splitlines()
+    why = "answered something that is not JSON"
+    assert err == [f"codalab-scaler top: no scaler status: {server.url}/deep/status {why}"]
 
 
 @pytest.mark.parametrize("flag", [["--max-workers", "3"], ["--sleep-time", "2"]])

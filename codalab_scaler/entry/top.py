@@ -102,7 +102,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> di
         raise StatusUnavailable(f"{url} did not answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
         raise StatusUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from exc
-    except ValueError as exc:  # not JSON
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than json parses
         raise StatusUnavailable(f"{url} answered something that is not JSON") from exc
     if not isinstance(body, dict) or not isinstance(body.get("pools"), dict):
         raise StatusUnavailable(f"{url} answered JSON that is not a codalab-scaler /status")
