@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import textual.constants
 from aiohttp import web
+from rich.console import RenderableType
 from textual.widgets import Static
 
+from codalab_scaler.entry import top
 from codalab_scaler.entry.cli import main
 from codalab_scaler.entry.top import TopApp, status_url
 from codalab_scaler.entry.top_view import render_text
@@ -46,9 +49,14 @@ class StatusServer:
         self.requests += 1
         return web.json_response(DOCUMENTS[min(self.requests, len(DOCUMENTS)) - 1])
 
+    async def _deep(self, _request: web.Request) -> web.Response:
+        """JSON nested deeper than Python's parser recurses: it raises RecursionError."""
+        return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/status", self._status)
+        app.router.add_get("/deep/status", self._deep)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.1
         )
@@ -192,6 +200,16 @@ async def test_the_command_exits_1_when_the_url_is_not_a_scaler(
     assert f"{server.url}/elsewhere/status answered HTTP 404" in capsys.readouterr().err
 
 
+async def test_json_too_deep_to_parse_is_not_a_status(
+    server: StatusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await asyncio.to_thread(main, ["top", f"{server.url}/deep"], {})
+    assert code == 1
+    err = capsys.readouterr().err.splitlines()
+    why = "answered something that is not JSON"
+    assert err == [f"codalab-scaler top: no scaler status: {server.url}/deep/status {why}"]
+
+
 @pytest.mark.parametrize("flag", [["--max-workers", "3"], ["--sleep-time", "2"]])
 def test_settings_flags_exit_2_naming_them(
     flag: list[str], capsys: pytest.CaptureFixture[str]
@@ -202,7 +220,9 @@ def test_settings_flags_exit_2_naming_them(
                    "/status and takes no settings")]  # fmt: skip
 
 
-@pytest.mark.parametrize("interval", ["0", "-1", "soon", "inf"])
+@pytest.mark.parametrize(
+    "interval", ["0", "-1", "soon", "inf", "-inf", "nan", "1e400", "1e-9", "0.099"]
+)
 def test_a_bad_interval_exits_2_naming_it(
     interval: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,6 +232,53 @@ def test_a_bad_interval_exits_2_naming_it(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "--interval" in err[0]
+
+
+def test_the_shortest_interval_is_a_tenth_of_a_second(capsys: pytest.CaptureFixture[str]) -> None:
+    """0.1 s is taken: the command goes on to look for the scaler (and finds none)."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["top", url, "--interval", "0.1"], environ={}) == 1
+    assert "no scaler status" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://watcher:s3cret@[::1", "Invalid IPv6 URL"),
+        ("http://watcher:s3cret@127.0.0.1:abc", "Port could not be cast to integer value as 'abc'"),
+        ("watcher:s3cret@127.0.0.1:99999", "Port out of range 0-65535"),
+        ("http://watcher:s3cret@h\uff03x", "its host part has characters that are not allowed"),
+    ],
+)
+def test_a_url_that_is_not_one_exits_2_in_one_line_without_the_password(
+    url: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["top", url], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"codalab-scaler: config error: URL: not a valid http(s) URL: {why}"
+    ]
+    assert "s3cret" not in err
+
+
+async def test_the_command_exits_1_when_the_view_crashes(
+    server: StatusServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash inside the running view (here: drawing it fails) is the command's exit code."""
+
+    def broken_render(*_args: object, **_kwargs: object) -> RenderableType:
+        raise RuntimeError("the view broke")
+
+    # No terminal here: textual's headless driver (what TEXTUAL_DRIVER names at import).
+    monkeypatch.setattr(
+        textual.constants, "DRIVER", "textual.drivers.headless_driver:HeadlessDriver"
+    )
+    monkeypatch.setattr(top, "render", broken_render)
+    # run_top runs its own event loops: call it from a thread.
+    code = await asyncio.to_thread(top.run_top, server.url, INTERVAL)
+    assert code == 1
+    assert server.requests >= 1  # the probe read the status: the crash was in the view
+    assert "the view broke" in capsys.readouterr().err
 
 
 @pytest.mark.process

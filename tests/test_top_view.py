@@ -77,6 +77,9 @@ async def test_a_live_scaler_status_renders_every_part(tmp_path: Path) -> None:
     assert big[2:6] == ["4", "cpu", "8", "GiB"]
     assert int(small[9]) == 2
     assert int(big[9]) == 1
+    for pool in status["pools"].values():  # the exact counts agree with lists this short
+        planner = pool["planner"]
+        assert planner["worker_counts"] == {k: len(v) for k, v in planner["workers"].items()}
     assert "backing_off" in broken
     assert "x1" in broken
     rows = status["bundles"]["staged"]
@@ -163,3 +166,74 @@ def test_before_the_first_answer_and_while_unreachable() -> None:
     )
     assert "unreachable since 12:00:00 UTC (refused); the last status read:" in down
     assert _row(down, "small")[1] == "fast"  # the last status stays on screen
+
+
+def test_numbers_json_reads_as_infinite_or_nan_are_unknown_never_a_crash() -> None:
+    """``json`` reads ``Infinity``, ``NaN`` and ``1e400``; ``int`` of them raises."""
+    status = json.loads(
+        '{"healthy": true, "snapshot_version": NaN,'
+        ' "pools": {"p": {"planner": {"policy": "fast", "counted_bundles": Infinity,'
+        ' "needed_workers": -Infinity, "tokens": 1e400, "backoff_failures": NaN},'
+        ' "worker_shape": {"cpus": NaN, "gpus": Infinity, "memory_mb": 1e400},'
+        ' "policy": {"max_workers": 1e400}, "decision": {"launch": Infinity, "reason": "r"}}},'
+        ' "bundles": {"unroutable_count": Infinity, "staged": []}}'
+    )
+    history = History()
+    history.add(status, 0.0)
+    text = render_text(render(status, history, url="http://x/status"))
+    assert "snapshot ?," in text
+    p = _row(text, "p")
+    # pool, policy, "? cpu ? mem" (4 cells), routed, placed, boot, serve, idle, stuck, max, needs,
+    # tokens, backoff, decision
+    assert p[:7] == ["p", "fast", "?", "cpu", "?", "mem", "?"]
+    assert p[12:16] == ["?", "?", "?", "-"]
+    assert history.samples[-1].pools["p"] == (0, 0)
+    assert history.samples[-1].unroutable == 0
+
+
+def test_strings_from_the_status_are_shown_as_they_are_not_read_as_markup() -> None:
+    """A pool, policy, uuid, reason or holder like ``[/x]`` would make Rich raise MarkupError."""
+    status: dict[str, Any] = {
+        "healthy": True,
+        "pools": {
+            "[/pool]": {
+                "planner": {"policy": "[/policy]", "counted_bundles": 1},
+                "decision": {"reason": "[/why]"},
+            },
+        },
+        "bundles": {
+            "unroutable_count": 1,
+            "staged": [
+                {"uuid": "[/uuid]", "unroutable": {"reason": "[/reason]", "held_by": "[/held]"}},
+            ],
+        },
+        "problems": ["[/problem]"],
+    }
+    history = History()
+    history.add(status, 0.0)
+    text = render_text(render(status, history, url="http://x/status"))
+    assert _row(text, "[/pool]")[1:2] == ["[/policy]"]
+    assert "[/why]" in " ".join(_row(text, "[/pool]"))
+    assert "unroutable bundles: 1 ([/reason] 1)" in text
+    assert _row(text, "[/uuid]")[1:5] == ["[/reason]", "held", "by", "[/held]"]
+    assert "! [/problem]" in text
+
+
+def test_exact_counts_are_shown_rather_than_the_cut_lists_lengths() -> None:
+    """A scaler cuts its worker lists and staged rows at 100; top shows its exact counts."""
+    ids = [f"job-{i}" for i in range(100)]
+    planner = {
+        "policy": "fast",
+        "counted_bundles": 250,
+        "workers": {"booting": ids, "serving": ids, "idle": ids, "stuck": ids},
+        "worker_counts": {"booting": 101, "serving": 150, "idle": 120, "stuck": 102},
+        "placed_counts": {"serving": 130, "booting": 101, "new": 19},
+    }
+    rows = [{"uuid": f"u{i:03}", "pool": "p", "placed": {"where": "serving"}} for i in range(100)]
+    status: dict[str, Any] = {"pools": {"p": {"planner": planner}}, "bundles": {"staged": rows}}
+    history = History()
+    history.add(status, 0.0)
+    p = _row(render_text(render(status, history, url="http://x/status")), "p")
+    # pool, policy, "? cpu ? mem" (4 cells), routed, placed, booting, serving, idle, stuck
+    assert p[6:12] == ["250", "130/101/19", "101", "150", "120", "102"]
+    assert history.samples[-1].pools["p"] == (250, 150)

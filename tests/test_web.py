@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,20 +16,24 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from codalab_scaler.config.settings import Settings
 from codalab_scaler.core.errors import ConfigError
+from codalab_scaler.core.model import JobState
 from codalab_scaler.service.app import CONTEXT, make_app, serve
+from codalab_scaler.service.status import LIST_LIMIT
 from codalab_scaler.service.wiring import Overrides
 from tests.fakes import FakeBackend, FakeBundles
 from tests.harness import exported
 
 
-def build(backend: FakeBackend, bundles: FakeBundles, **top: Any) -> web.Application:
+def build(
+    backend: FakeBackend, bundles: FakeBundles, pool: Mapping[str, Any] | None = None, **top: Any
+) -> web.Application:
     settings = Settings.model_validate(
         {
             "username": "alice",
             "password": "web-secret-pw",
             "sleep_time": 0.05,
             **top,
-            "pools": {"p": {"min_workers": 1, "min_seconds_between_workers": 0}},
+            "pools": {"p": {"min_workers": 1, "min_seconds_between_workers": 0, **(pool or {})}},
         }
     )
     return make_app(
@@ -90,6 +94,31 @@ async def test_healthy_service_answers_200_and_status(client_for: Any) -> None:
     text = await resp.text()
     assert "codalab_scaler_staged_bundles" in text
     assert "web-secret-pw" not in text + str(status)
+
+
+async def test_status_counts_workers_and_placements_past_the_list_limit(client_for: Any) -> None:
+    """150 booting workers and 150 routed bundles: the lists stop at 100, the counts do not."""
+    backend = FakeBackend(jobs={f"job-w{i:03}": JobState.PENDING for i in range(150)})
+    bundles = FakeBundles()
+    bundles.stage(150)
+    # fast places each routed bundle (compat places none); 200 so no limit trims the plan
+    client = await client_for(build(backend, bundles, {"policy": "fast", "max_workers": 200}))
+
+    async def planned() -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                status: dict[str, Any] = await (await client.get("/status")).json()
+                planner: dict[str, Any] | None = status["pools"]["p"]["planner"]
+                if planner is not None and planner["counted_bundles"] == 150:
+                    return planner
+                await asyncio.sleep(0.02)
+
+    planner = await planned()
+    assert len(planner["workers"]["booting"]) == LIST_LIMIT
+    assert planner["worker_counts"] == {"booting": 150, "serving": 0, "stuck": 0, "idle": 0}
+    placed = planner["placed_counts"]
+    assert set(placed) == {"serving", "booting", "new"}
+    assert placed["booting"] == 150  # each booting worker's whole shape takes one bundle
 
 
 async def test_dead_loop_answers_503_with_the_reason(client_for: Any) -> None:

@@ -14,6 +14,7 @@ and in each backend kind's ``also_accepts`` (the registry).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 import types
@@ -192,13 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_seconds(text: str) -> float:
+MIN_TOP_INTERVAL = 0.1  # seconds; less would spin the refresh (each poll has 80 % of it)
+
+
+def _refresh_seconds(text: str) -> float:
+    """``top``'s ``--interval``: a finite number of seconds, at least ``MIN_TOP_INTERVAL``."""
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+        value = math.nan
+    if not (math.isfinite(value) and value >= MIN_TOP_INTERVAL):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from {MIN_TOP_INTERVAL:g} up"
+        )
     return value
 
 
@@ -211,7 +218,7 @@ def _top_flags(top: argparse.ArgumentParser) -> None:
     )
     top.add_argument(
         "--interval",
-        type=_positive_seconds,
+        type=_refresh_seconds,
         default=1.0,
         help="Seconds between refreshes; each request times out before the next (default: 1)",
     )

@@ -10,6 +10,7 @@ and polling goes on until it answers again.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ DEFAULT_INTERVAL = 1.0
 TIMEOUT_SHARE = 0.8  # of the refresh interval: a poll ends before the next one is due
 FIRST_TIMEOUT = 5.0  # the probe at start: a busy scaler may take a moment to answer once
 EXIT_UNREACHABLE = 1
+EXIT_CONFIG = 2  # a URL argument that is not a URL, as a bad flag
 
 
 class StatusUnavailable(Exception):
@@ -58,6 +60,27 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be read (``None`` when it can), in words that never hold its password.
+
+    ``urlsplit`` refuses an unclosed IPv6 bracket and ``.port`` a port that is
+    not a number from 0 to 65535, both with ``ValueError``. Its message names
+    only the port, except the one for characters that NFKC normalization
+    changes, which quotes the whole netloc: that one is not repeated.
+    """
+    try:
+        for parts in (urlsplit(url), urlsplit(status_url(url))):
+            _ = parts.port
+    except ValueError as exc:
+        reason = str(exc)
+        netloc = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0]
+        userinfo = netloc.rpartition("@")[0]
+        if any(part and part in reason for part in (userinfo, userinfo.partition(":")[2])):
+            reason = "its host part has characters that are not allowed"
+        return f"URL: not a valid http(s) URL: {reason}"
+    return None
+
+
 async def fetch_status(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 - one request's own timeout, shorter than the refresh
     """One ``GET`` of ``url``: the JSON object, or ``StatusUnavailable`` saying why not.
 
@@ -79,7 +102,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> di
         raise StatusUnavailable(f"{url} did not answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
         raise StatusUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from exc
-    except ValueError as exc:  # not JSON
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than json parses
         raise StatusUnavailable(f"{url} answered something that is not JSON") from exc
     if not isinstance(body, dict) or not isinstance(body.get("pools"), dict):
         raise StatusUnavailable(f"{url} answered JSON that is not a codalab-scaler /status")
@@ -169,7 +192,15 @@ async def probe(url: str, timeout: float = FIRST_TIMEOUT) -> dict[str, Any]:  # 
 
 
 def run_top(url: str, interval: float = DEFAULT_INTERVAL) -> int:
-    """The command: exit 1 with one line when nothing answers at ``url``, else run the view."""
+    """The command: exit 1 with one line when nothing answers at ``url``, else run the view.
+
+    A URL that is not one exits 2, as a bad flag. The view's own exit code
+    is the command's: 0 when quit, 1 when it crashed (textual's).
+    """
+    problem = url_problem(url)
+    if problem is not None:
+        print(f"codalab-scaler: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         first = asyncio.run(probe(url))
     except StatusUnavailable as exc:
@@ -177,5 +208,6 @@ def run_top(url: str, interval: float = DEFAULT_INTERVAL) -> int:
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130  # the shell's code for "stopped by Ctrl-C"
-    TopApp(url, interval=interval, first=first).run()
-    return 0
+    app = TopApp(url, interval=interval, first=first)
+    app.run()
+    return app.return_code or 0

@@ -38,8 +38,14 @@ def _list(value: object) -> Sequence[Any]:
 
 
 def _int(value: object) -> int | None:
-    """A count from JSON; ``None`` when absent or not a number (``bool`` is not a count)."""
+    """A count from JSON; ``None`` when absent or not a finite number (``bool`` is not a count).
+
+    Python's ``json`` reads ``Infinity``, ``NaN`` and ``1e400`` (infinite) as
+    floats, which ``int`` refuses: those are unknown too.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return int(value)
 
@@ -52,6 +58,21 @@ def _num(value: object) -> float | None:
 
 def _show(value: object) -> str:
     return _UNKNOWN if value is None else str(value)
+
+
+def _row(table: Table, *cells: str | Text) -> None:
+    """Add a row whose ``str`` cells are plain text: Rich would read them as markup.
+
+    Pool names, uuids, reasons and worker ids come from another process: one
+    such as ``[/x]`` would raise ``MarkupError`` (or ``[red]`` restyle a cell).
+    """
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+
+
+def _worker_count(planner: Mapping[str, Any], state: str) -> int:
+    """A pool's workers in ``state``: the exact count, or (older scalers) its cut list's length."""
+    exact = _int(_dict(planner.get("worker_counts")).get(state))
+    return exact if exact is not None else len(_list(_dict(planner.get("workers")).get(state)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +96,7 @@ class History:
         for name, pool in _dict(status.get("pools")).items():
             planner = _dict(_dict(pool).get("planner"))
             routed = _int(planner.get("counted_bundles")) or 0
-            serving = len(_list(_dict(planner.get("workers")).get("serving")))
+            serving = _worker_count(planner, "serving")
             pools[str(name)] = (routed, serving)
         unroutable = _int(_dict(status.get("bundles")).get("unroutable_count")) or 0
         self.samples.append(Sample(at, pools, unroutable))
@@ -154,11 +175,22 @@ def _decision(decision: Mapping[str, Any]) -> Text:
 
 
 def _placements(status: Mapping[str, Any]) -> dict[str, Counter[str]]:
+    """Per pool, its routed bundles by where they are placed.
+
+    From the pool's exact ``planner.placed_counts`` where given; else
+    (older scalers) counted from the staged rows, which stop at 100.
+    """
     placed: dict[str, Counter[str]] = {}
     for row in _list(_dict(status.get("bundles")).get("staged")):
         pool, where = _dict(row).get("pool"), _dict(_dict(row).get("placed")).get("where")
         if isinstance(pool, str):
             placed.setdefault(pool, Counter())[str(where) if where else "unplaced"] += 1
+    for name, pool in _dict(status.get("pools")).items():
+        exact = _dict(_dict(_dict(pool).get("planner")).get("placed_counts"))
+        for where, value in exact.items():
+            count = _int(value)
+            if count is not None:
+                placed.setdefault(str(name), Counter())[str(where)] = count
     return placed
 
 
@@ -177,23 +209,23 @@ def _pools_table(status: Mapping[str, Any], skipped: list[str]) -> Table:
             skipped.append(str(name))
             continue
         planner = _dict(raw.get("planner"))
-        workers = _dict(planner.get("workers"))
         counts = placed.get(str(name), Counter())
         backoff = _num(planner.get("backoff_seconds"))
         failures = _int(planner.get("backoff_failures")) or 0
         backoff_text = (
             Text(f"{backoff:.1f} s x{failures}", style="bold red") if backoff else Text("-")
         )
-        stuck = len(_list(workers.get("stuck")))
-        table.add_row(
+        stuck = _worker_count(planner, "stuck")
+        _row(
+            table,
             str(name),
             _show(planner.get("policy")),
             _shape(_dict(raw.get("worker_shape"))),
             _show(_int(planner.get("counted_bundles"))),
             f"{counts['serving']}/{counts['booting']}/{counts['new']}",
-            str(len(_list(workers.get("booting")))),
-            str(len(_list(workers.get("serving")))),
-            str(len(_list(workers.get("idle")))),
+            str(_worker_count(planner, "booting")),
+            str(_worker_count(planner, "serving")),
+            str(_worker_count(planner, "idle")),
             Text(str(stuck), style="bold red" if stuck else ""),
             _show(_int(_dict(raw.get("policy")).get("max_workers"))),
             _optional(planner.get("needed_workers")),
@@ -217,11 +249,11 @@ def _history(history: History, pools: Sequence[str]) -> Table:
         for index, series in enumerate(("routed bundles", "serving workers")):
             values = history.series(name, index)
             peak = max((v for v in values if v is not None), default=0)
-            table.add_row(name if index == 0 else "", series, sparkline(values), f"max {peak}")
+            _row(table, name if index == 0 else "", series, sparkline(values), f"max {peak}")
     unroutable = [s.unroutable for s in history.samples]
     if any(unroutable):
         most = f"max {max(unroutable)}"
-        table.add_row(Text("all", style="yellow"), "unroutable", sparkline(unroutable), most)
+        _row(table, Text("all", style="yellow"), "unroutable", sparkline(unroutable), most)
     return table
 
 
@@ -248,23 +280,24 @@ def _unroutable(status: Mapping[str, Any]) -> RenderableType | None:
     table = Table(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        title=f"unroutable bundles: {_show(total)} ({summary})",
+        # A Text title, not markup (it holds reasons); Rich gives it no title_style: its own.
+        title=Text(f"unroutable bundles: {_show(total)} ({summary})", style="bold yellow"),
         title_justify="left",
-        title_style="bold yellow",
     )
     for column in ("bundle", "reason", "detail", "waiting"):
         table.add_column(column, justify="right" if column == "waiting" else "left")
     rows.sort(key=lambda r: (-(_num(r.get("waiting_seconds")) or 0.0), str(r.get("uuid"))))
     for row in rows[:UNROUTABLE_ROWS]:
         info = _dict(row["unroutable"])
-        table.add_row(
+        _row(
+            table,
             str(row.get("uuid", _UNKNOWN)),
             str(info.get("reason", _UNKNOWN)),
             _unroutable_detail(info),
             _seconds(row.get("waiting_seconds")),
         )
     if len(rows) > UNROUTABLE_ROWS:
-        table.add_row(f"... {len(rows) - UNROUTABLE_ROWS} more", "", "", "")
+        _row(table, f"... {len(rows) - UNROUTABLE_ROWS} more", "", "", "")
     return table
 
 

@@ -60,7 +60,11 @@ def _leadership(ctx: Context) -> dict[str, Any] | None:
 
 
 def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any] | None:
-    """A pool in the planner's latest pass: its workers by state, what it needs, pacing."""
+    """A pool in the planner's latest pass: its workers by state, what it needs, pacing.
+
+    ``worker_counts`` and ``placed_counts`` (its routed bundles by where they
+    are placed) are exact; the lists of job ids are cut at ``LIST_LIMIT``.
+    """
     if p is None:
         return None
     workers: dict[str, list[str]] = {s.value: [] for s in WorkerState}
@@ -69,10 +73,16 @@ def _planner(p: PoolPlan | None, state: PoolState, now: float) -> dict[str, Any]
         workers[w.state.value].append(w.job_id)
         if w.state is WorkerState.SERVING and w.idle:
             workers["idle"].append(w.job_id)
+    placed = {w.value: 0 for w in Where}
+    for x in p.placements:
+        placed[x.where.value] += 1
     backoff = state.memory.backoff
     return {
         "policy": p.kind.value,
         "workers": {k: v[:LIST_LIMIT] for k, v in workers.items()},
+        # Exact, where the lists above are cut at LIST_LIMIT (top counts these).
+        "worker_counts": {k: len(v) for k, v in workers.items()},
+        "placed_counts": placed,
         "counted_bundles": p.counted,
         "needed_workers": p.needed,
         "tokens": p.tokens if p.kind is PolicyKind.FAST else None,
