@@ -72,7 +72,10 @@ def test_stuck_workers_backoff_and_stranded_bundles_raise_their_alerts(
         _gauge, counter = stuck_rule["expr"].split(" or ")
         wait_for(
             "the planner's alerts to become active and three stuck workers counted",
-            lambda: set(EXPECTED) <= set(active(prom)) and bool(prom.query(counter)),
+            lambda: (
+                set(EXPECTED) <= set(active(prom))
+                and POOL in {series["metric"]["pool"] for series in prom.query(counter)}
+            ),
             90,
             lambda: f"active: {sorted(active(prom))}\n{prom.logs()}",
         )
@@ -86,7 +89,9 @@ def test_stuck_workers_backoff_and_stranded_bundles_raise_their_alerts(
         assert alert["labels"]["severity"] == severity, alert
         assert alert["labels"]["job"] == "codalab-scaler", alert
         assert alert["annotations"]["runbook_url"].startswith("deploy/RUNBOOK.md#"), alert
-    assert [series["metric"]["pool"] for series in counted] == [POOL], counter
+    pools = {series["metric"]["pool"] for series in counted}
+    assert POOL in pools, counter
+    assert pools <= {"small", "big"}, counter  # the demo's two pools, both in this trouble
     assert '"event": "worker.cancelled"' in scaler_log
     # Every bundle of the demo fits the pool and has no tag.
     for reason in ("too_large", "no_pool_for_tag"):
