@@ -199,14 +199,25 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempts:
+    """An action taken once per item (cancel a stuck job, check out an exited worker).
+
+    ``done``: the items it succeeded for; ``failures``: how often it failed for
+    each other item.  The service keeps only the items still concerned.
+    """
+
+    done: frozenset[str] = frozenset()
+    failures: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class PoolState:
     """Everything known about one pool at one moment.
 
     ``last_decision`` is the scaler's latest pass (None before the first);
     ``failed_starts`` counts the jobs listed as failed since the process started;
-    ``cancelled`` holds the stuck jobs this process has cancelled and
-    ``cancel_failures`` how often cancelling each other stuck job has failed
-    (both forgotten once the job leaves the listing).
+    ``cancels`` are the stuck jobs this process cancelled or tried to, and
+    ``checkouts`` the exited workers it checked out of CodaLab or tried to.
     """
 
     bundles: Observation[BundleView] = field(default_factory=Observation)
@@ -216,11 +227,8 @@ class PoolState:
     last_decision: Decision | None = None
     failed_starts: int = 0
     memory: PlannerMemory = field(default_factory=PlannerMemory)
-    cancelled: frozenset[str] = frozenset()
-    cancel_failures: Mapping[str, int] = field(default_factory=dict)
-    # Exited workers' registered ids this process checked out (forgotten once unlisted).
-    checked_out: frozenset[str] = frozenset()
-    checkout_failures: Mapping[str, int] = field(default_factory=dict)
+    cancels: Attempts = field(default_factory=Attempts)
+    checkouts: Attempts = field(default_factory=Attempts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,14 +24,15 @@ import functools
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 import structlog
+from prometheus_client import Counter as PromCounter
 
 from codalab_scaler.core.decision import Decision
 from codalab_scaler.core.errors import RefusedError, TransientError
-from codalab_scaler.core.model import PlannerMemory, PoolState
+from codalab_scaler.core.model import Attempts, PlannerMemory, PoolState
 from codalab_scaler.core.planner import (
     Plan,
     PolicyKind,
@@ -330,45 +331,23 @@ async def _act(
 async def _cancel_stuck(
     ctx: Context, rt: PoolRuntime, p: PoolPlan, new_stuck: Sequence[PoolWorker], now: float
 ) -> None:
-    """Cancel every stuck worker not cancelled yet, together; a failure is tried again next pass.
-
-    The first failure for a job is a warning, later ones are info (a missing
-    permission would otherwise warn on every pass); each attempt is counted.
-    """
+    """Cancel every stuck worker not cancelled yet; a failure is tried again next pass."""
     if ctx.dry_run:
         if new_stuck:
             log.info("scaler.dry_run_cancel", pool=rt.name, job_ids=[w.job_id for w in new_stuck])
         return
-    state = ctx.state.snapshot.pools[rt.name]
     listed = {w.job_id for w in p.workers}
-    done = {j for j in state.cancelled if j in listed}
-    failures = {j: n for j, n in state.cancel_failures.items() if j in listed}
-    gate = asyncio.Semaphore(ctx.launch_concurrency)
-
-    async def one(job_id: str) -> bool:
-        async with gate:
-            try:
-                await rt.backend.cancel(job_id)
-            except (RefusedError, TransientError) as exc:
-                ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="failed").inc()
-                failures[job_id] = attempts = failures.get(job_id, 0) + 1
-                emit = log.warning if attempts == 1 else log.info
-                emit("worker.cancel_failed", pool=rt.name, job_id=job_id,
-                     attempts=attempts, error=str(exc))  # fmt: skip
-                return False
-        ctx.metrics.cancelled_workers.labels(pool=rt.name, outcome="cancelled").inc()
-        log.info("worker.cancelled", pool=rt.name, job_id=job_id, reason="stuck")
+    stuck = [w.job_id for w in p.by_state(WorkerState.STUCK)]
+    before = ctx.state.snapshot.pools[rt.name].cancels
+    after = await _once_each(
+        ctx, rt, stuck, _kept(before, listed), rt.backend.cancel,
+        counter=ctx.metrics.cancelled_workers, ok="cancelled", key="job_id",
+        events=("worker.cancelled", "worker.cancel_failed"), reason="stuck",
+    )  # fmt: skip
+    cancelled = after.done - before.done
+    for job_id in cancelled:
         ctx.state.update(rt.name, functools.partial(_forget_flight, job_id=job_id))
-        done.add(job_id)
-        failures.pop(job_id, None)
-        return True
-
-    # Together (bounded, like launches): a slow backend delays the pass by one call.
-    todo = [w.job_id for w in p.by_state(WorkerState.STUCK) if w.job_id not in done]
-    cancelled = any(await asyncio.gather(*(one(j) for j in todo)))
-    ctx.state.update(
-        rt.name, lambda s: replace(s, cancelled=frozenset(done), cancel_failures=failures)
-    )
+    ctx.state.update(rt.name, lambda s: replace(s, cancels=after))
     if cancelled:
         _update_memory(ctx, rt.name, lambda m: _back_off(ctx, rt, m, now, "stuck_cancelled"))
 
@@ -379,43 +358,72 @@ async def _check_out_exited(
     """Check out each worker the planner proved dead (job gone, check-ins stopped), once.
 
     A ``cl-worker`` that exits idle does not check out, and CodaLab's bundle
-    manager keeps dispatching runs to it (each lost) for 60 s.  The calls go
-    out together (bounded), so a slow CodaLab delays the pass by one call, not
-    one per worker; a failure is tried again next pass while the worker stays
-    listed (a warning for its first failure, info after).
+    manager keeps dispatching runs to it (each lost) for 60 s.
     """
-    state = ctx.state.snapshot.pools[rt.name]
-    done = {w for w in state.checked_out if w in p.exited}
-    failures = {w: n for w, n in state.checkout_failures.items() if w in p.exited}
-    todo = [w for w in p.exited if w not in done]
-    if ctx.dry_run and todo:
-        log.info("scaler.dry_run_checkout", pool=rt.name, worker_ids=todo)
-        done.update(todo)  # said once
-        todo = []
-    gate = asyncio.Semaphore(ctx.launch_concurrency)
+    before = _kept(ctx.state.snapshot.pools[rt.name].checkouts, set(p.exited))
+    todo = [w for w in p.exited if w not in before.done]
+    if ctx.dry_run:
+        if todo:
+            log.info("scaler.dry_run_checkout", pool=rt.name, worker_ids=todo)
+        after = replace(before, done=before.done | set(todo))  # said once
+    else:
+        after = await _once_each(
+            ctx, rt, todo, before, source.checkout_worker,
+            counter=ctx.metrics.checked_out_workers, ok="checked_out", key="worker_id",
+            events=("worker.checked_out", "worker.checkout_failed"), reason="job_ended",
+        )  # fmt: skip
+    if after != ctx.state.snapshot.pools[rt.name].checkouts:
+        ctx.state.update(rt.name, lambda s: replace(s, checkouts=after))
 
-    async def one(worker_id: str) -> None:
+
+def _kept(attempts: Attempts, concerned: set[str]) -> Attempts:
+    """``attempts`` for the items still ``concerned`` only (the others are gone)."""
+    return Attempts(
+        done=frozenset(i for i in attempts.done if i in concerned),
+        failures={i: n for i, n in attempts.failures.items() if i in concerned},
+    )
+
+
+async def _once_each(  # noqa: PLR0913 - the two actions differ in exactly these
+    ctx: Context,
+    rt: PoolRuntime,
+    items: Sequence[str],
+    attempts: Attempts,
+    call: Callable[[str], Awaitable[None]],
+    *,
+    counter: PromCounter,
+    ok: str,
+    key: str,
+    events: tuple[str, str],
+    reason: str,
+) -> Attempts:
+    """``call`` each item not done yet, together (bounded, like launches), each counted.
+
+    A slow peer delays the pass by one call, not one per item.  A failure is
+    tried again next pass: a warning for an item's first failure, info after
+    (a missing permission would otherwise warn on every pass).
+    """
+    done, failures = set(attempts.done), dict(attempts.failures)
+    gate = asyncio.Semaphore(ctx.launch_concurrency)
+    succeeded, failed = events
+
+    async def one(item: str) -> None:
         async with gate:
             try:
-                await source.checkout_worker(worker_id)
+                await call(item)
             except (RefusedError, TransientError) as exc:
-                ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="failed").inc()
-                failures[worker_id] = attempts = failures.get(worker_id, 0) + 1
-                emit = log.warning if attempts == 1 else log.info
-                emit("worker.checkout_failed", pool=rt.name, worker_id=worker_id,
-                     attempts=attempts, error=str(exc))  # fmt: skip
+                counter.labels(pool=rt.name, outcome="failed").inc()
+                failures[item] = tries = failures.get(item, 0) + 1
+                emit = log.warning if tries == 1 else log.info
+                emit(failed, pool=rt.name, attempts=tries, error=str(exc), **{key: item})
                 return
-        ctx.metrics.checked_out_workers.labels(pool=rt.name, outcome="checked_out").inc()
-        log.info("worker.checked_out", pool=rt.name, worker_id=worker_id, reason="job_ended")
-        done.add(worker_id)
-        failures.pop(worker_id, None)
+        counter.labels(pool=rt.name, outcome=ok).inc()
+        log.info(succeeded, pool=rt.name, reason=reason, **{key: item})
+        done.add(item)
+        failures.pop(item, None)
 
-    await asyncio.gather(*(one(w) for w in todo))
-    if done != state.checked_out or failures != state.checkout_failures:
-        ctx.state.update(
-            rt.name,
-            lambda s: replace(s, checked_out=frozenset(done), checkout_failures=dict(failures)),
-        )
+    await asyncio.gather(*(one(i) for i in items if i not in attempts.done))
+    return Attempts(done=frozenset(done), failures=failures)
 
 
 def _booting_from_launch(memory: PlannerMemory, ctx: Context, name: str) -> PlannerMemory:
